@@ -1,0 +1,200 @@
+"""Llama-family decoder (Llama 2/3.x, SmolLM2, Qwen2/2.5, Qwen3) as a Flax NNX module.
+
+One forward serves prefill, K-token verification, mask-token drafting and training layouts:
+
+  logits_BxSxV, cache = model(tokens_BxS, positions_BxS, cache, attn_mask_BxSxT)
+
+The KV cache is an explicit pytree of preallocated per-layer buffers. Cache slot t holds the
+key/value of the token at position t of that row, so a forward writes its tokens at the slots
+named by their positions and a query at position p sees exactly slots 0..p. Rolling back
+rejected tokens therefore needs no copy: the next forward simply overwrites their slots.
+Callers must keep slots 0..p-1 valid before querying at position p (decoding keeps per-row
+lengths for that); writes at positions >= the cache length are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pard_jax.config import ModelConfig
+
+
+class KVCache(NamedTuple):
+  """Per-layer key and value buffers, each `[batch, max_len, kv_heads, head_dim]`."""
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+
+  @property
+  def max_len(self) -> int:
+    return self.k[0].shape[1]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  dtype = jnp.dtype(dtype or config.dtype)
+  shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+  return KVCache(k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+                 v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)))
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32 and scaled after casting back, as transformers does."""
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.eps = eps
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight.value.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def apply_rope(x_BxSxHxD, positions_BxS, inv_freq_F):
+  """Rotary embedding in the half-split (`rotate_half`) layout of HF checkpoints."""
+  angles_BxSxF = positions_BxS[..., None].astype(jnp.float32) * inv_freq_F
+  cos = jnp.cos(angles_BxSxF)[:, :, None, :].astype(x_BxSxHxD.dtype)
+  sin = jnp.sin(angles_BxSxF)[:, :, None, :].astype(x_BxSxHxD.dtype)
+  x1, x2 = jnp.split(x_BxSxHxD, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _dense(in_dim, out_dim, config, rngs, use_bias=False):
+  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=jnp.dtype(config.dtype),
+                    param_dtype=jnp.dtype(config.param_dtype),
+                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+def _write_cache(buf_BxTxKxD, new_BxSxKxD, positions_BxS):
+  batch_idx = jnp.arange(buf_BxTxKxD.shape[0])[:, None]
+  return buf_BxTxKxD.at[batch_idx, positions_BxS].set(
+      new_BxSxKxD.astype(buf_BxTxKxD.dtype), mode="drop")
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    d, h, kv, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
+    self.q_proj = _dense(d, h * hd, config, rngs, config.attention_bias)
+    self.k_proj = _dense(d, kv * hd, config, rngs, config.attention_bias)
+    self.v_proj = _dense(d, kv * hd, config, rngs, config.attention_bias)
+    self.o_proj = _dense(h * hd, d, config, rngs)
+    pdt = jnp.dtype(config.param_dtype)
+    self.q_norm = RMSNorm(hd, config.rms_norm_eps, pdt) if config.qk_norm else None
+    self.k_norm = RMSNorm(hd, config.rms_norm_eps, pdt) if config.qk_norm else None
+
+  def __call__(self, x_BxSxD, positions_BxS, inv_freq_F, kv_cache, mask_BxSxT):
+    b, s, _ = x_BxSxD.shape
+    q = self.q_proj(x_BxSxD).reshape(b, s, self.num_heads, self.head_dim)
+    k = self.k_proj(x_BxSxD).reshape(b, s, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x_BxSxD).reshape(b, s, self.num_kv_heads, self.head_dim)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = apply_rope(q, positions_BxS, inv_freq_F)
+    k = apply_rope(k, positions_BxS, inv_freq_F)
+    if kv_cache is not None:
+      k_cache, v_cache = kv_cache
+      k_cache = _write_cache(k_cache, k, positions_BxS)
+      v_cache = _write_cache(v_cache, v, positions_BxS)
+      kv_cache = (k_cache, v_cache)
+      k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+    groups = self.num_heads // self.num_kv_heads
+    q_BxSxKxGxH = q.reshape(b, s, self.num_kv_heads, groups, self.head_dim)
+    scores = jnp.einsum("bskgh,btkh->bkgst", q_BxSxKxGxH, k).astype(jnp.float32)
+    scores = scores * (self.head_dim ** -0.5)
+    scores = jnp.where(mask_BxSxT[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkh->bskgh", probs, v).reshape(b, s, self.num_heads * self.head_dim)
+    return self.o_proj(out), kv_cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    self.gate_proj = _dense(d, f, config, rngs)
+    self.up_proj = _dense(d, f, config, rngs)
+    self.down_proj = _dense(f, d, config, rngs)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    pdt = jnp.dtype(config.param_dtype)
+    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
+    self.self_attn = Attention(config, rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
+    self.mlp = MLP(config, rngs)
+
+  def __call__(self, x, positions, inv_freq, kv_cache, mask):
+    attn_out, kv_cache = self.self_attn(self.input_layernorm(x), positions, inv_freq, kv_cache,
+                                        mask)
+    x = x + attn_out
+    return x + self.mlp(self.post_attention_layernorm(x)), kv_cache
+
+
+class Transformer(nnx.Module):
+  """Llama-family causal LM. Parameter names mirror the HF checkpoint names."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.config = config
+    pdt, cdt = jnp.dtype(config.param_dtype), jnp.dtype(config.dtype)
+    self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=cdt,
+                                  param_dtype=pdt, embedding_init=nnx.initializers.normal(0.02),
+                                  rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
+    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
+    self.lm_head = (None if config.tie_word_embeddings else
+                    _dense(config.hidden_size, config.vocab_size, config, rngs))
+
+  def backbone(self, tokens_BxS, positions_BxS, cache: KVCache | None = None,
+               attn_mask_BxSxT=None):
+    """Final hidden states `[batch, seq, hidden]` and the updated cache.
+
+    Query (b, i) sees key slot t iff position(t) <= positions_BxS[b, i], AND-ed with
+    `attn_mask_BxSxT` when given. Without a cache the keys are the inputs themselves (T = S),
+    so training layouts pass their own mask.
+    """
+    x = self.embed_tokens(tokens_BxS)
+    key_pos = positions_BxS if cache is None else jnp.arange(cache.max_len)[None]
+    mask = key_pos[:, None, :] <= positions_BxS[:, :, None]
+    if attn_mask_BxSxT is not None:
+      mask = mask & attn_mask_BxSxT
+    inv_freq = jnp.asarray(self.config.rope_inv_freq(), jnp.float32)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+      x, layer_cache = layer(x, positions_BxS, inv_freq, layer_cache, mask)
+      if cache is not None:
+        new_k.append(layer_cache[0])
+        new_v.append(layer_cache[1])
+    new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
+    return self.norm(x), new_cache
+
+  def logits(self, hidden_BxSxD):
+    """Float32 logits `[batch, seq, vocab]`."""
+    if self.lm_head is None:
+      return self.embed_tokens.attend(hidden_BxSxD).astype(jnp.float32)
+    return self.lm_head(hidden_BxSxD).astype(jnp.float32)
+
+  def __call__(self, tokens_BxS, positions_BxS, cache: KVCache | None = None,
+               attn_mask_BxSxT=None):
+    hidden, cache = self.backbone(tokens_BxS, positions_BxS, cache, attn_mask_BxSxT)
+    return self.logits(hidden), cache
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> Transformer:
+  """A randomly initialised model (tests, from-scratch training)."""
+  return Transformer(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(config: ModelConfig) -> Transformer:
+  """The model's structure with `jax.ShapeDtypeStruct` leaves, for loading without init."""
+  return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))

@@ -1,0 +1,87 @@
+"""Device mesh and partition rules for Llama-family parameters.
+
+The mesh has three axes: `data` (pure data parallelism), `fsdp` (data parallelism with
+parameters and optimizer state sharded) and `tensor` (Megatron-style model parallelism).
+Rules map parameter paths to `PartitionSpec`s; an axis that does not divide a dimension is
+dropped for that parameter (it is replicated instead), so tiny test models shard on any mesh.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# (regex over the '/'-joined parameter path, spec). Kernels are [in, out].
+LLAMA_RULES: tuple[tuple[str, P], ...] = (
+    (r"embed_tokens/embedding$", P("tensor", "fsdp")),
+    (r"self_attn/(q|k|v)_proj/kernel$", P("fsdp", "tensor")),
+    (r"self_attn/(q|k|v)_proj/bias$", P("tensor")),
+    (r"self_attn/o_proj/kernel$", P("tensor", "fsdp")),
+    (r"mlp/(gate|up)_proj/kernel$", P("fsdp", "tensor")),
+    (r"mlp/down_proj/kernel$", P("tensor", "fsdp")),
+    (r"lm_head/kernel$", P("fsdp", "tensor")),
+    (r"(norm|layernorm|q_norm|k_norm)/weight$", P()),
+)
+
+
+def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
+  """A `(data, fsdp, tensor)` mesh; `-1` in `shape` takes the remaining devices."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {shape}")
+  if -1 in shape:
+    known = int(np.prod([s for s in shape if s != -1]))
+    if devices.size % known:
+      raise ValueError(f"{devices.size} devices do not divide into mesh {shape}")
+    shape[shape.index(-1)] = devices.size // known
+  if any(s <= 0 for s in shape) or int(np.prod(shape)) != devices.size:
+    raise ValueError(f"mesh {shape} needs {int(np.prod(shape))} devices, have {devices.size}")
+  return Mesh(devices.reshape(shape), MESH_AXES)
+
+
+def path_str(path) -> str:
+  """'/'-joined names of a pytree key path (NNX state or HF-style tuple)."""
+  parts = []
+  for key in path:
+    key = getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))
+    if key != "value":
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def spec_for(path: str, shape: Sequence[int], mesh: Mesh,
+             rules: Sequence[tuple[str, P]] = LLAMA_RULES) -> P:
+  """The rule's spec for `path`, with axes that do not divide their dimension dropped."""
+  for pattern, spec in rules:
+    if re.search(pattern, path):
+      break
+  else:
+    raise ValueError(f"no partition rule matches parameter {path!r}")
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+    fitted.append(axes if names and dim % size == 0 else None)
+  return P(*fitted)
+
+
+def state_shardings(state, mesh: Mesh, rules: Sequence[tuple[str, P]] = LLAMA_RULES):
+  """A pytree of `NamedSharding`s matching `state` (NNX state or any pytree of arrays)."""
+  def one(path, leaf):
+    return NamedSharding(mesh, spec_for(path_str(path), leaf.shape, mesh, rules))
+  return jax.tree_util.tree_map_with_path(one, state)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
