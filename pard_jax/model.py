@@ -50,7 +50,7 @@ class RMSNorm(nnx.Module):
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return self.weight.value.astype(x.dtype) * normed.astype(x.dtype)
+    return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
 def apply_rope(x_BxSxHxD, positions_BxS, inv_freq_F):

