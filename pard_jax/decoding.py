@@ -1,0 +1,295 @@
+"""The speculative decoding engine: one jitted `lax.while_loop` for ar, sd, pard, parallelspec.
+
+Each iteration drafts K tokens, verifies them with one target forward over K+1 positions,
+and commits the accepted prefix plus one target token. State has fixed shapes throughout:
+
+- `tokens_BxT`: prompt then generated tokens, row b valid on `[0, lengths_B[b])`;
+- the target cache is valid on `[0, lengths - 1)`: the last committed token is "pending"
+  and is fed at the start of the next verification;
+- the drafter cache is valid on `[0, draft_lengths)` (see `drafting.py`).
+
+Rejected tokens are rolled back only by these lengths: the model writes each token's key and
+value at the slot of its position, so the next forward overwrites stale slots. `ar` is the same
+loop with K = 0 (verify the pending token, commit one sample), so every method shares one body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pard_jax import drafting, sampling
+from pard_jax.model import KVCache, Transformer, init_cache
+
+METHODS = ("ar", "sd") + drafting.PARALLEL_METHODS
+
+
+class DecodeError(ValueError):
+  """Bad decoding request: configuration, prompts or model pairing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """Static settings of one compiled decoding loop (hashable: a jit static argument)."""
+  method: str = "ar"
+  num_draft_tokens: int = 4
+  max_new_tokens: int = 64
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_token_ids: tuple[int, ...] = ()
+  mask_token_ids: tuple[int, ...] = ()  # K-1 ids after the real tokens (pard, parallelspec)
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise DecodeError(f"method must be one of {METHODS}, got {self.method!r}")
+    if self.method != "ar" and not 1 <= self.num_draft_tokens <= 64:
+      raise DecodeError(f"num_draft_tokens must be in [1, 64], got {self.num_draft_tokens}")
+    if self.max_new_tokens < 1:
+      raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.temperature < 0:
+      raise DecodeError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise DecodeError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise DecodeError(f"top_p must be in (0, 1], got {self.top_p}")
+    if (self.method in drafting.PARALLEL_METHODS
+        and len(self.mask_token_ids) != self.num_draft_tokens - 1):
+      raise DecodeError(f"{self.method} needs num_draft_tokens - 1 = "
+                        f"{self.num_draft_tokens - 1} mask ids, got {self.mask_token_ids}")
+
+  @property
+  def num_drafts(self) -> int:
+    return 0 if self.method == "ar" else self.num_draft_tokens
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0
+
+
+@flax.struct.dataclass
+class LoopState:
+  tokens_BxT: jax.Array
+  lengths_B: jax.Array
+  draft_lengths_B: jax.Array
+  target_cache: KVCache
+  drafter_cache: KVCache | None
+  rng: jax.Array
+  done_B: jax.Array
+  num_iterations_B: jax.Array
+  accept_lengths_BxN: jax.Array  # tokens committed per iteration
+
+
+def _probs_fn(cfg: DecodeConfig):
+  return functools.partial(sampling.probs_from_logits, temperature=cfg.temperature,
+                           top_k=cfg.top_k, top_p=cfg.top_p)
+
+
+def _draft(cfg: DecodeConfig, drafter, s: LoopState, rng):
+  sample_fn = functools.partial(sampling.sample, greedy=cfg.greedy)
+  if cfg.method == "sd":
+    return drafting.draft_autoregressive(drafter, s.drafter_cache, s.tokens_BxT, s.lengths_B,
+                                         s.draft_lengths_B, cfg.num_draft_tokens,
+                                         _probs_fn(cfg), sample_fn, rng)
+  return drafting.draft_parallel(drafter, s.drafter_cache, s.tokens_BxT, s.lengths_B,
+                                 s.draft_lengths_B, cfg.mask_token_ids, _probs_fn(cfg),
+                                 sample_fn, rng)
+
+
+def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
+                  prompt_lengths_B):
+  """Tokens to commit per row (accepted + 1, cut at a stop token and at max_new_tokens)."""
+  count_B = num_accepted_B + 1
+  in_range_BxK1 = jnp.arange(committed_BxK1.shape[1])[None] < count_B[:, None]
+  stop_ids = jnp.asarray(cfg.stop_token_ids or (-1,), jnp.int32)
+  is_stop_BxK1 = jnp.isin(committed_BxK1, stop_ids) & in_range_BxK1
+  hit_stop_B = jnp.any(is_stop_BxK1, axis=1)
+  count_B = jnp.where(hit_stop_B, jnp.argmax(is_stop_BxK1, axis=1) + 1, count_B)
+  budget_B = prompt_lengths_B + cfg.max_new_tokens - lengths_B
+  return jnp.minimum(count_B, budget_B), hit_stop_B
+
+
+def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopState) -> LoopState:
+  k = cfg.num_drafts
+  batch = s.lengths_B.shape[0]
+  rng, draft_rng, verify_rng = jax.random.split(s.rng, 3)
+  if k:
+    drafts_BxK, q_BxKxV, drafter_cache, fed = _draft(cfg, drafter, s, draft_rng)
+  else:
+    drafts_BxK = jnp.zeros((batch, 0), jnp.int32)
+    q_BxKxV = jnp.zeros((batch, 0, target.config.vocab_size), jnp.float32)
+    drafter_cache, fed = s.drafter_cache, 0
+
+  pending_Bx1, _ = drafting.take_window(s.tokens_BxT, s.lengths_B - 1, 1)
+  verify_BxK1 = jnp.concatenate([pending_Bx1, drafts_BxK], axis=1)
+  positions_BxK1 = (s.lengths_B - 1)[:, None] + jnp.arange(k + 1)[None]
+  logits_BxK1xV, target_cache = target(verify_BxK1, positions_BxK1, s.target_cache)
+  p_BxK1xV = _probs_fn(cfg)(logits_BxK1xV)
+  num_accepted_B, committed_BxK1 = sampling.verify(verify_rng, drafts_BxK, q_BxKxV, p_BxK1xV,
+                                                    cfg.greedy)
+
+  active_B = ~s.done_B
+  count_B, hit_stop_B = _commit_count(cfg, committed_BxK1, num_accepted_B, s.lengths_B,
+                                      prompt_lengths_B)
+  count_B = jnp.where(active_B, count_B, 0)
+  rows_B1 = jnp.arange(batch)[:, None]
+  # Slots past the committed count receive leftovers that later commits overwrite.
+  write_BxK1 = jnp.where(active_B[:, None], s.lengths_B[:, None] + jnp.arange(k + 1)[None],
+                         s.tokens_BxT.shape[1])
+  tokens_BxT = s.tokens_BxT.at[rows_B1, write_BxK1].set(committed_BxK1, mode="drop")
+  lengths_B = s.lengths_B + count_B
+  done_B = s.done_B | (active_B & hit_stop_B) | (lengths_B - prompt_lengths_B
+                                                  >= cfg.max_new_tokens)
+  draft_lengths_B = jnp.where(active_B, s.lengths_B + jnp.minimum(num_accepted_B, fed),
+                              s.draft_lengths_B)
+  slot_B = jnp.where(active_B, s.num_iterations_B, s.accept_lengths_BxN.shape[1])
+  accept_lengths_BxN = s.accept_lengths_BxN.at[jnp.arange(batch), slot_B].set(count_B,
+                                                                              mode="drop")
+  return LoopState(tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
+                   target_cache=target_cache, drafter_cache=drafter_cache, rng=rng,
+                   done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
+                   accept_lengths_BxN=accept_lengths_BxN)
+
+
+def _prefill(model, tokens_BxP, cache):
+  """Writes the prompt's keys and values; no logits are needed (the last token is pending)."""
+  positions_BxP = jnp.broadcast_to(jnp.arange(tokens_BxP.shape[1]), tokens_BxP.shape)
+  return model.backbone(tokens_BxP, positions_BxP, cache)[1]
+
+
+def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, target_params,
+                drafter_params, tokens_BxT, prompt_lengths_B, rng) -> LoopState:
+  """Prefill and generate until every row is done. Jit with the first four args static."""
+  target = nnx.merge(target_def, target_params)
+  drafter = nnx.merge(drafter_def, drafter_params) if drafter_def is not None else None
+  batch, max_len = tokens_BxT.shape
+  target_cache = _prefill(target, tokens_BxT[:, :prompt_len],
+                          init_cache(target.config, batch, max_len))
+  drafter_cache = None
+  if drafter is not None:
+    drafter_cache = _prefill(drafter, tokens_BxT[:, :prompt_len],
+                             init_cache(drafter.config, batch, max_len))
+  state = LoopState(
+      tokens_BxT=tokens_BxT, lengths_B=prompt_lengths_B, draft_lengths_B=prompt_lengths_B - 1,
+      target_cache=target_cache, drafter_cache=drafter_cache, rng=rng,
+      done_B=jnp.zeros((batch,), bool), num_iterations_B=jnp.zeros((batch,), jnp.int32),
+      accept_lengths_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
+  body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B)
+  return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, state)
+
+
+@dataclasses.dataclass
+class DecodeResult:
+  """Per-row outputs of one `generate` call (generated ids end at and include a stop token)."""
+  output_ids: list[list[int]]
+  accept_lengths: list[list[int]]  # tokens committed in each iteration
+  num_iterations: list[int]
+  num_drafted: list[int]
+  seconds: float  # wall time of the compiled run, compilation excluded
+
+  @property
+  def num_generated(self) -> int:
+    return sum(len(ids) for ids in self.output_ids)
+
+  @property
+  def mean_accept_length(self) -> float:
+    """τ: mean tokens committed per iteration over all rows."""
+    return self.num_generated / max(sum(self.num_iterations), 1)
+
+  @property
+  def tokens_per_second(self) -> float:
+    return self.num_generated / self.seconds if self.seconds else float("nan")
+
+
+class SpeculativeDecoder:
+  """Compiles and runs the decoding loop for one (target, drafter, config) triple.
+
+  Models are split once; each (batch, prompt_len) shape compiles once and is cached.
+  """
+
+  def __init__(self, target: Transformer, drafter: Transformer | None, cfg: DecodeConfig):
+    if cfg.method != "ar":
+      if drafter is None:
+        raise DecodeError(f"method {cfg.method!r} needs a drafter")
+      if drafter.config.vocab_size != target.config.vocab_size:
+        raise DecodeError(
+            f"target and drafter vocabularies differ: target has {target.config.vocab_size} "
+            f"tokens, drafter {drafter.config.vocab_size}; a drafter must share the "
+            "target's tokenizer and vocabulary")
+    else:
+      drafter = None
+    for token in cfg.stop_token_ids + cfg.mask_token_ids:
+      if not 0 <= token < target.config.vocab_size:
+        raise DecodeError(f"token id {token} is outside the vocabulary "
+                          f"[0, {target.config.vocab_size})")
+    self.cfg = cfg
+    self.target_def, self.target_params = nnx.split(target)
+    self.drafter_def, self.drafter_params = (nnx.split(drafter) if drafter is not None
+                                             else (None, None))
+    self.vocab_size = target.config.vocab_size
+    self.max_positions = min(m.config.max_position_embeddings
+                             for m in (target, drafter) if m is not None)
+    self._compiled = {}
+
+  def _executable(self, batch: int, prompt_len: int):
+    key = (batch, prompt_len)
+    if key not in self._compiled:
+      fn = jax.jit(decode_loop, static_argnums=(0, 1, 2, 3), donate_argnums=(6,))
+      max_len = prompt_len + self.cfg.max_new_tokens
+      self._compiled[key] = fn.lower(
+          self.cfg, self.target_def, self.drafter_def, prompt_len, self.target_params,
+          self.drafter_params, jax.ShapeDtypeStruct((batch, max_len), jnp.int32),
+          jax.ShapeDtypeStruct((batch,), jnp.int32), jax.random.key(0)).compile()
+    return self._compiled[key]
+
+  def check_fits(self, prompt_len: int, cache_len: int | None = None) -> None:
+    needed = prompt_len + self.cfg.max_new_tokens
+    limit = min(cache_len or self.max_positions, self.max_positions)
+    if needed > limit:
+      raise DecodeError(
+          f"prompt of {prompt_len} tokens + max_new_tokens={self.cfg.max_new_tokens} needs a "
+          f"cache of {needed} positions, more than the {limit} available "
+          f"(cache_len / max_position_embeddings); shorten the prompt or max_new_tokens")
+
+  def generate(self, prompts: Sequence[Sequence[int]], seed: int = 0,
+               prompt_len: int | None = None, cache_len: int | None = None) -> DecodeResult:
+    """Generates for a batch of token-id prompts (ragged lengths allowed).
+
+    `prompt_len` pads prompts to a fixed width so that many batches share one compilation.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+      raise DecodeError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    prompt_len = prompt_len or longest
+    if longest > prompt_len:
+      raise DecodeError(f"a prompt has {longest} tokens, more than prompt_len={prompt_len}")
+    self.check_fits(prompt_len, cache_len)
+    batch = len(prompts)
+    tokens = np.zeros((batch, prompt_len + self.cfg.max_new_tokens), np.int32)
+    for row, prompt in enumerate(prompts):
+      tokens[row, :len(prompt)] = prompt
+    if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+      raise DecodeError(f"prompt token ids must lie in [0, {self.vocab_size})")
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    run = self._executable(batch, prompt_len)
+    start = time.perf_counter()
+    state = run(self.target_params, self.drafter_params, jnp.asarray(tokens),
+                jnp.asarray(lengths), jax.random.key(seed))
+    state = jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    out_tokens, out_lengths, iterations, accepts = jax.device_get(
+        (state.tokens_BxT, state.lengths_B, state.num_iterations_B, state.accept_lengths_BxN))
+    return DecodeResult(
+        output_ids=[out_tokens[b, lengths[b]:out_lengths[b]].tolist() for b in range(batch)],
+        accept_lengths=[accepts[b, :iterations[b]].tolist() for b in range(batch)],
+        num_iterations=iterations.tolist(),
+        num_drafted=(iterations * self.cfg.num_drafts).tolist(),
+        seconds=seconds)

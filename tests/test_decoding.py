@@ -1,0 +1,267 @@
+"""Exactness of the decoding loop: greedy equals the target's own greedy decoding (ours and
+transformers'), sampling preserves the target distribution, and the batch bookkeeping holds."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from flax import nnx
+from hypothesis import given, settings, strategies as st
+
+from pard_jax import checkpoints, sampling
+from pard_jax.config import ModelConfig
+from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
+from pard_jax.drafting import DraftConfigError, mask_token_ids
+from pard_jax.model import create_model
+from tests.hf_models import save_hf_model
+
+TINY = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
+                   num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
+MASK = 39
+
+
+def perturbed(model, scale, seed):
+  """A drafter that agrees with `model` often but not always."""
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [x + scale * jnp.std(x) * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def decode(target, drafter, prompts, seed=0, **kwargs):
+  method = kwargs.get("method", "ar")
+  k = kwargs.get("num_draft_tokens", 4)
+  if method == "pard" and "mask_token_ids" not in kwargs:
+    kwargs["mask_token_ids"] = (MASK,) * (k - 1)
+  return SpeculativeDecoder(target, drafter, DecodeConfig(**kwargs)).generate(prompts, seed=seed)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_pair(seed):
+  target = create_model(TINY, seed)
+  return target, perturbed(target, 0.3, seed + 100)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 3), k=st.integers(1, 8), method=st.sampled_from(["sd", "pard"]),
+       lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4), data=st.data())
+def test_greedy_speculative_equals_autoregressive(seed, k, method, lengths, data):
+  target, drafter = tiny_pair(seed)
+  prompts = [data.draw(st.lists(st.integers(0, TINY.vocab_size - 2), min_size=n, max_size=n))
+             for n in lengths]
+  stop = data.draw(st.sampled_from([(), (3,), (3, 17)]))
+  common = dict(max_new_tokens=10, stop_token_ids=stop)
+  ar = decode(target, None, prompts, **common)
+  spec = decode(target, drafter, prompts, method=method, num_draft_tokens=k, **common)
+  assert spec.output_ids == ar.output_ids
+  for ids, accepts in zip(spec.output_ids, spec.accept_lengths):
+    assert sum(accepts) == len(ids) and all(1 <= a <= k + 1 for a in accepts)
+    assert len(ids) == 10 or ids[-1] in stop
+
+
+@pytest.mark.parametrize("arch", ["llama3", "qwen3"])
+def test_greedy_matches_transformers_generate(arch, tmp_path):
+  hf = save_hf_model(arch, tmp_path)
+  target = checkpoints.load_model(tmp_path)
+  drafter = perturbed(target, 0.2, 0)
+  eos = 5
+  prompts = [[11, 22, 33, 44, 55], [7, 8], [90]]
+  expected = []
+  for prompt in prompts:
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                      eos_token_id=eos, pad_token_id=0)
+    expected.append(out[0, len(prompt):].tolist())
+  for method, k in [("ar", 1), ("sd", 3), ("pard", 5)]:
+    result = decode(target, drafter, prompts, method=method, num_draft_tokens=k,
+                    max_new_tokens=12, stop_token_ids=(eos,), mask_token_ids=(
+                        (MASK,) * (k - 1) if method == "pard" else ()))
+    assert result.output_ids == expected, method
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_drafter_equal_to_target_accepts_every_draft(k):
+  target, _ = tiny_pair(0)
+  result = decode(target, target, [[1, 2, 3], [4]], method="sd", num_draft_tokens=k,
+                  max_new_tokens=23)
+  for accepts in result.accept_lengths:
+    assert accepts[:-1] == [k + 1] * (len(accepts) - 1)
+    assert sum(accepts) == 23
+
+
+def test_stop_tokens_and_max_new_tokens_per_row():
+  target, drafter = tiny_pair(1)
+  prompts = [[1, 2, 3], [9, 9], [5, 6, 7, 8]]
+  free = decode(target, None, prompts, max_new_tokens=15).output_ids
+  stop = free[0][4]  # a token row 0 produces at step 5
+  result = decode(target, drafter, prompts, method="pard", num_draft_tokens=4,
+                  max_new_tokens=15, stop_token_ids=(stop,))
+  for row, ids in zip(free, result.output_ids):
+    cut = row.index(stop) + 1 if stop in row else len(row)
+    assert ids == row[:cut]
+  assert result.output_ids[0][-1] == stop and len(result.output_ids[0]) <= 5
+  for n in (1, 2, 7):
+    assert [len(ids) for ids in decode(target, drafter, prompts, method="sd",
+                                       num_draft_tokens=3, max_new_tokens=n).output_ids] == [n] * 3
+
+
+def test_statistics_are_consistent():
+  target, drafter = tiny_pair(2)
+  result = decode(target, drafter, [[1, 2], [3, 4, 5]], method="pard", num_draft_tokens=3,
+                  max_new_tokens=12)
+  assert result.num_iterations == [len(a) for a in result.accept_lengths]
+  assert result.num_drafted == [3 * n for n in result.num_iterations]
+  assert result.mean_accept_length == pytest.approx(24 / sum(result.num_iterations))
+  assert result.seconds > 0
+
+
+def test_sampling_is_seeded_and_reproducible():
+  target, drafter = tiny_pair(0)
+  kwargs = dict(method="pard", num_draft_tokens=3, max_new_tokens=16, temperature=1.0)
+  a = decode(target, drafter, [[1, 2, 3]] * 3, seed=7, **kwargs).output_ids
+  b = decode(target, drafter, [[1, 2, 3]] * 3, seed=7, **kwargs).output_ids
+  c = decode(target, drafter, [[1, 2, 3]] * 3, seed=8, **kwargs).output_ids
+  assert a == b and a != c
+  assert len({tuple(row) for row in a}) > 1  # rows draw independently
+
+
+def test_bad_requests_get_clear_errors():
+  target, drafter = tiny_pair(0)
+  with pytest.raises(DecodeError, match="needs a cache of 138 positions"):
+    decode(target, None, [[1] * 10], max_new_tokens=128)
+  other_vocab = create_model(TINY.replace(vocab_size=41))
+  with pytest.raises(DecodeError, match="vocabularies differ"):
+    decode(target, other_vocab, [[1]], method="sd")
+  with pytest.raises(DecodeError, match="needs a drafter"):
+    decode(target, None, [[1]], method="sd")
+  with pytest.raises(DecodeError, match="outside the vocabulary"):
+    decode(target, None, [[1]], stop_token_ids=(40,))
+  with pytest.raises(DecodeError, match=r"must lie in \[0, 40\)"):
+    decode(target, None, [[1, 45]])
+  with pytest.raises(DecodeError, match="at least one token"):
+    decode(target, None, [[1], []])
+  with pytest.raises(DecodeError, match="method must be one of"):
+    DecodeConfig(method="medusa")
+  with pytest.raises(DecodeError, match="top_p"):
+    DecodeConfig(top_p=0.0)
+  with pytest.raises(DecodeError, match="mask ids"):
+    DecodeConfig(method="pard", num_draft_tokens=4, mask_token_ids=(1,))
+
+
+def test_mask_token_resolution():
+  assert mask_token_ids("pard", 4, {"pard_token": 9, "spd_type": "pard"}) == (9, 9, 9)
+  assert mask_token_ids("pard", 4, {}, override=(5,)) == (5, 5, 5)
+  assert mask_token_ids("parallelspec", 3, {"parallelspec_tokens": [7, 8, 9]}) == (7, 8)
+  assert mask_token_ids("sd", 4, {}) == ()
+  with pytest.raises(DraftConfigError, match="not a PARD checkpoint"):
+    mask_token_ids("pard", 4, {})
+  with pytest.raises(DraftConfigError, match="distinct"):
+    mask_token_ids("parallelspec", 3, {"parallelspec_tokens": [7, 7]})
+
+
+def test_parallelspec_distinct_masks_stay_exact():
+  target, drafter = tiny_pair(3)
+  prompts = [[1, 2, 3, 4], [5]]
+  ar = decode(target, None, prompts, max_new_tokens=10)
+  ps = decode(target, drafter, prompts, method="parallelspec", num_draft_tokens=4,
+              max_new_tokens=10, mask_token_ids=(36, 37, 38))
+  assert ps.output_ids == ar.output_ids
+
+
+def test_top_k_top_p_filtering():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  np.testing.assert_allclose(sampling.probs_from_logits(logits, 1.0, top_k=2),
+                             [[0.625, 0.375, 0, 0]], atol=1e-6)
+  np.testing.assert_allclose(sampling.probs_from_logits(logits, 1.0, top_p=0.7),
+                             [[0.625, 0.375, 0, 0]], atol=1e-6)
+  np.testing.assert_allclose(sampling.probs_from_logits(logits, 1.0, top_p=0.81),
+                             [[0.5, 0.3, 0.15, 0]] / np.float32(0.95), atol=1e-6)
+  np.testing.assert_array_equal(sampling.probs_from_logits(logits, 0.0), [[1, 0, 0, 0]])
+
+
+# ---------------------------------------------------------------------------- distribution
+
+VOCAB = 5
+STEPS = 3
+SAMPLES = 6000
+SAMPLING_CFG = ModelConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                           num_heads=2, num_kv_heads=1, head_dim=8)
+
+
+def _peaked(seed):
+  """Random tiny model with confident, varied next-token distributions."""
+  model = create_model(SAMPLING_CFG, seed)
+  model.lm_head.kernel[...] = model.lm_head.kernel[...] * 40
+  return model
+
+
+def exact_distribution(model, prompt, top_k):
+  """P(first STEPS tokens) by enumerating every continuation: `[VOCAB] * STEPS`."""
+  probs = np.ones([VOCAB] * STEPS)
+  for prefix in itertools.product(range(VOCAB), repeat=STEPS - 1):
+    seq = jnp.asarray([prompt + list(prefix)])
+    logits, _ = model(seq, jnp.arange(seq.shape[1])[None])
+    p = np.asarray(sampling.probs_from_logits(logits[0, len(prompt) - 1:], 1.0, top_k=top_k))
+    # P(x_1..x_n) = prod_t p(x_t | prompt, x_<t); row t of `p` conditions on prefix[:t].
+    head = np.prod([p[t, prefix[t]] for t in range(STEPS - 1)])
+    probs[prefix] = head * p[STEPS - 1]
+  return probs
+
+
+def chi_square_pvalue(samples, expected_probs):
+  counts = np.zeros(expected_probs.size)
+  np.add.at(counts, np.ravel_multi_index(samples.T, expected_probs.shape), 1)
+  expected = expected_probs.ravel() * len(samples)
+  big = expected >= 5  # merge sparse cells so the chi-square approximation holds
+  observed = np.append(counts[big], counts[~big].sum())
+  expected = np.append(expected[big], expected[~big].sum())
+  keep = expected > 0
+  expected = expected * observed.sum() / expected.sum()  # float32 probabilities sum to ~1
+  return scipy.stats.chisquare(observed[keep], expected[keep]).pvalue
+
+
+def _draw(method, top_k, seed=0):
+  target, drafter = _peaked(0), _peaked(1)
+  prompt = [1, 3]
+  result = decode(target, drafter, [prompt] * SAMPLES, seed=seed, method=method,
+                  num_draft_tokens=2, max_new_tokens=STEPS, temperature=1.0, top_k=top_k,
+                  mask_token_ids=(4,) if method == "pard" else ())
+  return np.asarray(result.output_ids), exact_distribution(target, prompt, top_k)
+
+
+@pytest.mark.parametrize("method, top_k", [("sd", 0), ("pard", 0), ("sd", 3), ("pard", 3)])
+def test_sampling_preserves_target_distribution(method, top_k):
+  samples, exact = _draw(method, top_k)
+  assert samples.shape == (SAMPLES, STEPS)
+  assert chi_square_pvalue(samples, exact) > 1e-3
+
+
+def _wrong_verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy):
+  """A classic bug: after a rejection, resample from p instead of norm(max(p - q, 0))."""
+  k = drafts_BxK.shape[1]
+  accept_rng, fresh_rng = jax.random.split(rng)
+  p_draft = jnp.take_along_axis(p_BxK1xV[:, :k], drafts_BxK[..., None], -1)[..., 0]
+  q_draft = jnp.take_along_axis(q_BxKxV, drafts_BxK[..., None], -1)[..., 0]
+  u = jax.random.uniform(accept_rng, drafts_BxK.shape)
+  accepted_B = jnp.sum(jnp.cumprod(u * q_draft < p_draft, axis=-1), axis=-1).astype(jnp.int32)
+  fresh_BxK1 = sampling.sample(fresh_rng, p_BxK1xV, greedy)
+  committed = jnp.where(jnp.arange(k + 1)[None] < accepted_B[:, None],
+                        jnp.pad(drafts_BxK, ((0, 0), (0, 1))), fresh_BxK1)
+  return accepted_B, committed
+
+
+@pytest.mark.parametrize("method", ["sd", "pard"])
+def test_chi_square_rejects_a_wrong_acceptance_rule(method, monkeypatch):
+  # jit caches traces by function and static arguments: drop them around the swap.
+  jax.clear_caches()
+  monkeypatch.setattr(sampling, "verify", _wrong_verify)
+  try:
+    samples, exact = _draw(method, 0)
+  finally:
+    jax.clear_caches()
+  assert chi_square_pvalue(samples, exact) < 1e-6
