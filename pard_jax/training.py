@@ -1,0 +1,154 @@
+"""The PARD train step: COD layout, next-token loss at every depth, AdamW, sharded jit.
+
+The train state is a plain pytree `{"params", "opt_state", "step"}` over the NNX parameter state
+(`graphdef, params = nnx.split(model)` once, `nnx.merge` inside the step), so `jax.jit` with
+`NamedSharding`s and orbax see ordinary arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pard_jax import layout as layout_lib
+from pard_jax import sharding as sharding_lib
+
+SCHEDULES = ("constant", "cosine", "linear")
+TrainState = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 1e-5
+  schedule: str = "constant"  # after warmup; cosine/linear decay to 0 at `total_steps`
+  warmup_steps: int = 0
+  total_steps: int = 1
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  max_grad_norm: float = 1.0  # <= 0 disables clipping
+
+
+def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; known: {SCHEDULES}")
+  decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
+  after_warmup = {
+      "constant": optax.constant_schedule(cfg.learning_rate),
+      "cosine": optax.cosine_decay_schedule(cfg.learning_rate, decay_steps),
+      "linear": optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps),
+  }[cfg.schedule]
+  if cfg.warmup_steps <= 0:
+    return after_warmup
+  warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+  return optax.join_schedules([warmup, after_warmup], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+  adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                      weight_decay=cfg.weight_decay)
+  if cfg.max_grad_norm <= 0:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+
+
+@dataclasses.dataclass(frozen=True)
+class PardConfig:
+  """Static description of the layout: kept slots per depth and the shared mask token."""
+  counts: tuple[int, ...]
+  mask_token: int
+
+  @property
+  def num_depths(self) -> int:
+    return len(self.counts)
+
+
+def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
+                 row_keys_B: jax.Array, pard: PardConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Summed weighted cross-entropy over the layout, and per-depth sums `[K]`.
+
+  Sums (not means) make gradient accumulation and data parallelism exact: the step divides by
+  the total weight once.
+  """
+  layout = layout_lib.build_layout(row_keys_B, batch, pard.counts, pard.mask_token)
+  mask_BxSxS = layout_lib.attention_mask(layout["depths"], layout["positions"],
+                                         layout["segment_ids"])
+  model = nnx.merge(graphdef, params)
+  logits_BxSxV, _ = model(layout["tokens"], layout["positions"], attn_mask_BxSxT=mask_BxSxS)
+  labels_BxS, weights_BxS = layout["labels"], layout["weights"]
+  nll_BxS = optax.softmax_cross_entropy_with_integer_labels(logits_BxSxV, labels_BxS)
+  correct_BxS = (jnp.argmax(logits_BxSxV, axis=-1) == labels_BxS).astype(jnp.float32)
+  onehot_SxK = jnp.asarray(np.eye(pard.num_depths, dtype=np.float32)[
+      layout_lib.slot_depths(pard.counts)])
+  per_depth = lambda x_BxS: jnp.einsum("bs,sk->k", x_BxS * weights_BxS, onehot_SxK)
+  stats = dict(nll=per_depth(nll_BxS), correct=per_depth(correct_BxS),
+               count=per_depth(jnp.ones_like(nll_BxS)))
+  return jnp.sum(nll_BxS * weights_BxS), stats
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+               pard: PardConfig, accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on a `[batch, L]` packed batch, accumulated over `accum_steps` chunks.
+
+  Chunk c takes rows c, c + accum_steps, ... so every chunk stays split over the data axes. Each
+  row's COD sample depends only on (rng, step, row), so accumulation does not change the layout.
+  """
+  def chunk(x):  # [batch, ...] -> [accum_steps, batch / accum_steps, ...]
+    return x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+  grad_fn = jax.grad(layout_stats, has_aux=True)
+  row_keys_B = jax.random.split(jax.random.fold_in(rng, state["step"]),
+                                batch["tokens"].shape[0])
+
+  def accumulate(carry, xs):
+    micro_batch, micro_keys = xs
+    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, pard)
+    return jax.tree.map(jnp.add, carry, (grads, stats)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
+           {k: jnp.zeros((pard.num_depths,), jnp.float32) for k in ("nll", "correct", "count")})
+  (grads, stats), _ = jax.lax.scan(
+      accumulate, zeros, (jax.tree.map(chunk, batch), chunk(row_keys_B)))
+  total = jnp.maximum(jnp.sum(stats["count"]), 1.0)
+  grads = jax.tree.map(lambda g: g / total.astype(g.dtype), grads)
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  count_K = jnp.maximum(stats["count"], 1.0)
+  metrics = dict(loss=jnp.sum(stats["nll"]) / total, loss_per_depth=stats["nll"] / count_K,
+                 accuracy_per_depth=stats["correct"] / count_K, tokens_per_depth=stats["count"],
+                 grad_norm=optax.tree.norm(grads))
+  return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
+
+
+def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  return dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+
+
+def jit_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                   pard: PardConfig, mesh: Mesh, state_sharding, accum_steps: int = 1):
+  """`train_step` jitted over `mesh`: state kept in its shardings and donated, batch split."""
+  replicated = NamedSharding(mesh, P())
+  step = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, pard=pard,
+                           accum_steps=accum_steps)
+  return jax.jit(step, in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh),
+                                     replicated),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def create_sharded_state(params, optimizer: optax.GradientTransformation, mesh: Mesh):
+  """The initial train state placed in its shardings, and those shardings."""
+  abstract = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+  sharding = sharding_lib.state_shardings(abstract, mesh)
+  params = jax.device_put(params, sharding["params"])
+  state = jax.jit(lambda p: init_state(p, optimizer), out_shardings=sharding)(params)
+  return state, sharding

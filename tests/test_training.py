@@ -1,0 +1,145 @@
+"""Train step (sharded vs single device, accumulation), schedules, config checks, tiny runs."""
+
+import importlib.util
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from pard_jax import checkpoints, layout, sharding, train_loop, training
+from pard_jax.config import ModelConfig
+from pard_jax.model import create_model
+
+from test_layout import packed_batch
+
+CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=16)
+
+
+def load_config(path="configs/tiny.py"):
+  spec = importlib.util.spec_from_file_location("config_module", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_config(**train_overrides):
+  config = load_config()
+  config.model.arch.update(dict(hidden_size=64, intermediate_size=128, head_dim=16))
+  config.data.length = 64
+  config.train.update(train_overrides)
+  return config
+
+
+def test_schedules():
+  base = dict(learning_rate=1.0, warmup_steps=10, total_steps=110)
+  for kind, at_60, at_110 in [("constant", 1.0, 1.0), ("cosine", 0.5, 0.0),
+                              ("linear", 0.5, 0.0)]:
+    schedule = training.make_schedule(training.OptimizerConfig(schedule=kind, **base))
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(60)) == pytest.approx(at_60, abs=1e-6)
+    assert float(schedule(110)) == pytest.approx(at_110, abs=1e-6)
+  with pytest.raises(ValueError, match="unknown schedule 'step'"):
+    training.make_schedule(training.OptimizerConfig(schedule="step"))
+
+
+def run_steps(mesh, accum_steps=1, steps=2):
+  graphdef, params = nnx.split(create_model(CONFIG, seed=0))
+  # A large Adam eps keeps updates smooth in the gradients: with eps ~ 0, Adam's first steps
+  # are sign(g), which turns float reordering noise on near-zero gradients into lr-sized jumps.
+  optimizer = training.make_optimizer(training.OptimizerConfig(
+      learning_rate=1e-2, eps=1e-3, weight_decay=0.01, total_steps=10))
+  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_token=5)
+  state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
+  step = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding, accum_steps)
+  batch = packed_batch([[24], [10, 14], [24], [5, 19]] * 2, 24, seed=1, vocab=96)
+  in_sharding = sharding.batch_sharding(mesh)
+  for _ in range(steps):
+    state, metrics = step(state, jax.device_put(batch, in_sharding), jax.random.key(3))
+  return state, jax.device_get(metrics)
+
+
+def test_sharded_step_matches_single_device():
+  single, single_metrics = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+  sharded, sharded_metrics = run_steps(sharding.make_mesh((2, 2, 2)))
+  kernel = sharded["params"]["layers"][0]["mlp"]["up_proj"]["kernel"]
+  assert kernel.sharding.spec == P("fsdp", "tensor")
+  assert len(kernel.addressable_shards) == 8
+  assert sharded["opt_state"][1][0].mu["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec \
+      == P("fsdp", "tensor")
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               jax.device_get(single), jax.device_get(sharded))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+               single_metrics, sharded_metrics)
+  assert int(single["step"]) == 2 and single_metrics["tokens_per_depth"][0] > 0
+
+
+def test_gradient_accumulation_matches_full_batch():
+  mesh = sharding.make_mesh((2, 1, 1), jax.devices()[:2])
+  full, full_metrics = run_steps(mesh, accum_steps=1, steps=1)
+  accumulated, acc_metrics = run_steps(mesh, accum_steps=4, steps=1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               jax.device_get(full["params"]), jax.device_get(accumulated["params"]))
+  np.testing.assert_allclose(full_metrics["loss"], acc_metrics["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pard.num_depths", 0, "config.pard.num_depths"),
+    ("pard.r", 0.0, "config.pard.r:"),
+    ("pard.r", 1.5, "config.pard.r:"),
+    ("pard.r_min", 1.2, "config.pard.r_min"),
+    ("pard.mask_token", -1, "config.pard.mask_token"),
+    ("data.length", 3, "config.data.length"),
+    ("data.source", "", "config.data.source"),
+    ("train.schedule", "step", "config.train.schedule"),
+    ("train.grad_accum_steps", 3, "config.train.grad_accum_steps"),
+    ("train.learning_rate", 0.0, "config.train.learning_rate"),
+    ("model.dtype", "int8", "config.model.dtype"),
+    ("tokenizer", "/no/such/tokenizer", "config.tokenizer"),
+    ("model.init", "/no/such/model", "config.model.init"),
+])
+def test_bad_config_values_name_the_field(field, value, message):
+  config = tiny_config()
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(train_loop.TrainConfigError, match=message):
+    train_loop.validate_config(config)
+
+
+def test_batch_must_divide_data_parallel_mesh():
+  config = tiny_config(batch_size=6)
+  with pytest.raises(train_loop.TrainConfigError, match="config.train.batch_size.*mesh size 4"):
+    train_loop.validate_mesh(config, sharding.make_mesh((2, 2, 2)))
+  config.model.arch = {}
+  with pytest.raises(train_loop.TrainConfigError, match="config.model.init: is required"):
+    train_loop.validate_config(config)
+
+
+def test_tiny_run_learns_and_exports(tmp_path):
+  config = tiny_config(num_steps=40, log_every=10, checkpoint_every=20)
+  history = train_loop.train(config, str(tmp_path))
+  losses = [r["loss"] for r in history]
+  assert len(losses) == 4 and losses[-1] < losses[0] - 1.0
+  assert history[-1]["accuracy/depth_1"] > 0.05  # 25x chance (1/512)
+  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == \
+      [10, 20, 30, 40]
+  hf = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert hf["pard_token"] == 4 and hf["spd_type"] == "pard"
+  exported = checkpoints.load_model(tmp_path / "hf")
+  assert exported.config.pard_token == 4
+  tokenizer = checkpoints.load_tokenizer(tmp_path / "hf")
+  assert tokenizer.convert_ids_to_tokens(4) == "<|mask|>"
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_steps=30, checkpoint_every=2, learning_rate=1e30, warmup_steps=0,
+                       max_grad_norm=0.0, schedule="constant")
+  with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step (\d+)") as err:
+    train_loop.train(config, str(tmp_path))
+  bad_step = int(err.value.args[0].split(" at step ")[1].split(":")[0])
+  manager = train_loop.checkpoint_manager(tmp_path, config)
+  assert manager.latest_step() is not None and manager.latest_step() < bad_step
+  assert not (tmp_path / "hf").exists()

@@ -1,0 +1,30 @@
+r"""Trains a PARD parallel drafter from an ordinary AR model.
+
+  python train.py --config=configs/llama3_8b.py:/models/Llama-3.2-1B-Instruct \
+      --config.data.source=/data/chat.jsonl --workdir=/tmp/pard_llama
+
+`--workdir` receives checkpoints/, metrics.jsonl and the exported drafter hf/; rerunning the
+same command resumes from the latest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pard_jax import train_loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the exported drafter.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  train_loop.quiet_orbax_logs()
+  train_loop.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
