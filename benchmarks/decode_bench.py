@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -54,8 +53,12 @@ def device_name() -> str:
   return device.device_kind
 
 
-def time_steps(model, widths, cache_len=512, repeats=10) -> dict[int, float]:
-  """Median seconds of one cached forward of `width` tokens at position 256."""
+def time_steps(model, widths, cache_len, repeats=10) -> dict[int, float]:
+  """Best-of-`repeats` seconds of one cached forward per `(width, start position)` (start 0: a prefill).
+
+  Use the cache length and a position of the decoding runs, so that step times and loop
+  throughput are comparable.
+  """
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -63,17 +66,17 @@ def time_steps(model, widths, cache_len=512, repeats=10) -> dict[int, float]:
     return nnx.merge(graphdef, state)(tokens, positions, cache)
 
   times = {}
-  for width in widths:
+  for width, first_position in widths:
     cache = init_cache(model.config, 1, cache_len)
     tokens = jnp.ones((1, width), jnp.int32)
-    positions = 256 + jnp.arange(width)[None]
+    positions = first_position + jnp.arange(width)[None]
     jax.block_until_ready(step(state, tokens, positions, cache))
     samples = []
     for _ in range(repeats):
       start = time.perf_counter()
       jax.block_until_ready(step(state, tokens, positions, cache))
       samples.append(time.perf_counter() - start)
-    times[width] = statistics.median(samples)
+    times[width if first_position else "prefill"] = min(samples)
   return times
 
 
@@ -83,12 +86,14 @@ def run_ours(target, drafter, cfg, prompts) -> dict:
   decoder.generate(prompts[:1], prompt_len=prompt_len)  # compile
   tokens, seconds, iterations = 0, 0.0, 0
   for prompt in prompts:
-    result = decoder.generate([prompt], prompt_len=prompt_len)
+    # Best of 3 runs, as for the step times: this CPU is shared and noisy.
+    runs = [decoder.generate([prompt], prompt_len=prompt_len) for _ in range(3)]
+    result = min(runs, key=lambda r: r.seconds)
     tokens += result.num_generated
     seconds += result.seconds
     iterations += sum(result.num_iterations)
   return dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds,
-              tau=tokens / iterations)
+              tau=tokens / iterations, iterations=iterations, prompts=len(prompts))
 
 
 def run_transformers(prompts, max_new_tokens, dtype, assisted_k=0) -> dict:
@@ -110,9 +115,12 @@ def run_transformers(prompts, max_new_tokens, dtype, assisted_k=0) -> dict:
                                                   "min_new_tokens": 4})
     tokens, seconds = 0, 0.0
     for prompt in prompts:
-      start = time.perf_counter()
-      out = model.generate(torch.tensor([prompt]), **kwargs)
-      seconds += time.perf_counter() - start
+      best = float("inf")
+      for _ in range(3):
+        start = time.perf_counter()
+        out = model.generate(torch.tensor([prompt]), **kwargs)
+        best = min(best, time.perf_counter() - start)
+      seconds += best
       tokens += out.shape[1] - len(prompt)
   return dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds)
 
@@ -128,20 +136,30 @@ def main(argv):
                        "GGUF, dequantized)", max_new_tokens=_NEW.value, num_prompts=len(prompts),
                        command=" ".join(["python"] + sys.argv))
 
-  steps = time_steps(target, [1, 2, 5, 9, 13], repeats=_REPEATS.value)
-  results["step_ms"] = {f"{w}_tokens": 1000 * t for w, t in steps.items()}
+  prompt_len = max(map(len, prompts))
+  middle = prompt_len + _NEW.value // 2
+  # 1-token step, sd catch-up, and verify steps for K in 4, 8, 12 (and this run's K).
+  widths = sorted({1, 2, 5, 9, 13, k + 1})
+  steps = time_steps(target, [(w, middle) for w in widths] + [(prompt_len, 0)],
+                     cache_len=prompt_len + _NEW.value, repeats=_REPEATS.value)
+  results["step_ms"] = {(f"{w}_tokens" if w != "prefill" else f"prefill_{prompt_len}_tokens"):
+                        1000 * t for w, t in steps.items()}
 
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
   ar = run_ours(target, None, DecodeConfig(method="ar", **common), prompts)
   sd = run_ours(target, target, DecodeConfig(method="sd", num_draft_tokens=k, **common), prompts)
-  # One sd iteration: a 2-token catch-up step, K-1 single steps, one (K+1)-token verify.
-  iteration = steps[2] + (k - 1) * steps[1] + steps.get(k + 1, steps[max(steps)])
-  predicted = (k + 1) / iteration
+  # What the model steps alone would take for the same work: a prefill per model and prompt,
+  # then per ar iteration one 1-token step, per sd iteration a 2-token catch-up step, K-1
+  # single steps and one (K+1)-token verify.
+  sd_iteration = steps[2] + (k - 1) * steps[1] + steps[k + 1]
+  ar_allowed = ar["tokens"] / (ar["prompts"] * steps["prefill"] + ar["iterations"] * steps[1])
+  sd_allowed = sd["tokens"] / (2 * sd["prompts"] * steps["prefill"]
+                               + sd["iterations"] * sd_iteration)
   results["ours"] = dict(ar=ar, sd=sd)
   results["loop_efficiency"] = dict(
-      ar_predicted_tokens_per_second=1 / steps[1], sd_predicted_tokens_per_second=predicted,
-      ar_overhead=1 - ar["tokens_per_second"] * steps[1],
-      sd_overhead=1 - sd["tokens_per_second"] / predicted, sd_tau=sd["tau"])
+      ar_predicted_tokens_per_second=ar_allowed, sd_predicted_tokens_per_second=sd_allowed,
+      ar_overhead=1 - ar["tokens_per_second"] / ar_allowed,
+      sd_overhead=1 - sd["tokens_per_second"] / sd_allowed, sd_tau=sd["tau"])
   if _HF.value:
     hf_ar = run_transformers(prompts, _NEW.value, dtype)
     hf_sd = run_transformers(prompts, _NEW.value, dtype, assisted_k=k)
@@ -161,10 +179,14 @@ def main(argv):
 def to_markdown(r: dict) -> str:
   lines = [f"# Decoding benchmark: {r['model']}", "",
            f"- device: {r['device']}", f"- dtype: {r['dtype']}",
-           f"- {r['num_prompts']} chat prompts, {r['max_new_tokens']} new tokens each, batch 1",
-           f"- command: `{r['command']}`", "", "## Model step times (median, ms)", "",
+           f"- {r['num_prompts']} chat prompts, {r['max_new_tokens']} new tokens each, batch 1; "
+           "every time is the best of 3 runs (steps: of `--repeats`)",
+           f"- command: `{r['command']}`", "", "## Model step times (best of repeats, ms)", "",
+           "Cached forward at the cache length and mid-generation position of the runs below.",
+           "",
            "| tokens per step | ms |", "|---|---|"]
-  lines += [f"| {w.split('_')[0]} | {ms:.2f} |" for w, ms in r["step_ms"].items()]
+  lines += [f"| {w.replace('_tokens', '').replace('_', ' ')} | {ms:.2f} |"
+            for w, ms in r["step_ms"].items()]
   eff = r["loop_efficiency"]
   lines += ["", "## Loop efficiency", "",
             "| method | measured tok/s | allowed by step times | overhead |", "|---|---|---|---|",
