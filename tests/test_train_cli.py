@@ -11,7 +11,7 @@ import numpy as np
 
 from pard_jax import checkpoints, train_loop
 
-from test_training import load_config
+from tests.test_training import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small, fast version of configs/tiny.py (100 steps, a checkpoint every 5).

@@ -13,7 +13,7 @@ from pard_jax import checkpoints, layout, sharding, train_loop, training
 from pard_jax.config import ModelConfig
 from pard_jax.model import create_model
 
-from test_layout import packed_batch
+from tests.test_layout import packed_batch
 
 CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=16)
