@@ -134,8 +134,12 @@ def format_table(summaries: Sequence[Summary]) -> str:
   return "\n".join(lines)
 
 
-def run(config) -> list[Summary]:
-  """Runs the job described by a `configs/decode.py` config; returns the summaries."""
+def run(config) -> tuple[list[Summary], list[dict[str, Any]]]:
+  """Runs the job described by a `configs/decode.py` config.
+
+  Returns the summaries (the method's first, then `ar` with `compare_ar`) and one output record
+  per prompt, in input order, as written to `config.output`.
+  """
   if config.batch_size < 1:
     raise DecodeError(f"batch_size must be >= 1, got {config.batch_size}")
   if config.dtype not in ("float32", "bfloat16"):
@@ -176,15 +180,12 @@ def run(config) -> list[Summary]:
           r["output_ids"] for r in ar_rows]
     summaries.append(ar)
 
+  records = [{"output_ids": row["output_ids"],
+              "text": tokenizer.decode(row["output_ids"]) if tokenizer is not None else None,
+              "accept_lengths": row["accept_lengths"], "num_iterations": row["num_iterations"],
+              "num_drafted": row["num_drafted"], "seconds": row["seconds"]} for row in rows]
   if config.output:
     output = pathlib.Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w") as f:
-      for row in rows:
-        text = tokenizer.decode(row["output_ids"]) if tokenizer is not None else None
-        f.write(json.dumps({"output_ids": row["output_ids"], "text": text,
-                            "accept_lengths": row["accept_lengths"],
-                            "num_iterations": row["num_iterations"],
-                            "num_drafted": row["num_drafted"],
-                            "seconds": row["seconds"]}) + "\n")
-  return summaries
+    output.write_text("".join(json.dumps(record) + "\n" for record in records))
+  return summaries, records

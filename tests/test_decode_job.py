@@ -49,14 +49,14 @@ def _config(models, **overrides):
 
 def test_pard_job_writes_outputs_in_order_and_matches_ar(models, tmp_path):
   output = tmp_path / "out.jsonl"
-  summaries = decode_job.run(_config(models, method="pard", num_draft_tokens=4, batch_size=3,
-                                     compare_ar=True, output=str(output)))
+  summaries, records = decode_job.run(_config(models, method="pard", num_draft_tokens=4,
+                                              batch_size=3, compare_ar=True, output=str(output)))
   pard, ar = summaries
   assert pard.matches_ar is True and pard.speedup_vs_ar > 0
   assert (pard.method, pard.num_prompts, pard.num_tokens) == ("pard", 5, 60)
   assert 1 <= pard.tau <= 5
   lines = [json.loads(line) for line in output.read_text().splitlines()]
-  assert len(lines) == 5
+  assert lines == records and len(lines) == 5
   for line in lines:
     assert set(line) >= {"output_ids", "text", "accept_lengths", "num_iterations", "seconds"}
     assert len(line["output_ids"]) == 12 and sum(line["accept_lengths"]) == 12
