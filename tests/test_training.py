@@ -9,10 +9,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, layout, sharding, train_loop, training
+from pard_jax import checkpoints, decode_job, layout, sharding, train_loop, training
 from pard_jax.config import ModelConfig
 from pard_jax.model import create_model
 
+from tests.test_decode_job import decode_configs
 from tests.test_layout import packed_batch
 
 CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
@@ -132,6 +133,18 @@ def test_tiny_run_learns_and_exports(tmp_path):
   assert exported.config.pard_token == 4
   tokenizer = checkpoints.load_tokenizer(tmp_path / "hf")
   assert tokenizer.convert_ids_to_tokens(4) == "<|mask|>"
+
+  # The export is directly a decode.py drafter; as its own target (a PARD checkpoint is still an
+  # AR model) its mask-token drafts must already be accepted well above chance.
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "Spell the word river."}\n{"prompt": "What color is the sky?"}\n')
+  decode = decode_configs.get_config()
+  decode.update(dict(target=str(tmp_path / "hf"), drafter=str(tmp_path / "hf"), method="pard",
+                     num_draft_tokens=4, prompts=str(prompts), max_new_tokens=24,
+                     compare_ar=True))
+  (pard, _), records = decode_job.run(decode)
+  assert pard.matches_ar and pard.tau > 1.5, pard
+  assert records[0]["text"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
