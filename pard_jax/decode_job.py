@@ -76,6 +76,21 @@ def stop_ids(model_path, hf_config: dict[str, Any], tokenizer) -> tuple[int, ...
   return tuple(sorted(int(i) for i in ids))
 
 
+def shared_vocab_size(target_hf: dict[str, Any], drafter_hf: dict[str, Any], target_tokenizer,
+                      drafter_path) -> int:
+  """0 when the embedding tables match; else the tokenizer size, if the tokenizers agree."""
+  if target_hf["vocab_size"] == drafter_hf["vocab_size"]:
+    return 0
+  drafter_tokenizer = _load_tokenizer(drafter_path)
+  if (target_tokenizer is None or drafter_tokenizer is None
+      or target_tokenizer.get_vocab() != drafter_tokenizer.get_vocab()):
+    raise DecodeError(
+        f"target and drafter vocabularies differ (target {target_hf['vocab_size']} rows, "
+        f"drafter {drafter_hf['vocab_size']}) and their tokenizers are missing or not the same: "
+        "a drafter must share the target's tokenizer")
+  return len(target_tokenizer)
+
+
 def run_batches(decoder: SpeculativeDecoder, prompts: Sequence[Sequence[int]],
                 batch_size: int, seed: int, cache_len: int = 0, desc: str = "") -> list[dict]:
   """Decodes prompts in input order; one compilation serves every batch."""
@@ -152,20 +167,22 @@ def run(config) -> tuple[list[Summary], list[dict[str, Any]]]:
            else stop_ids(target_path, target_hf, tokenizer))
 
   target = checkpoints.load_model(target_path, dtype=config.dtype)
-  drafter, mask_ids = None, ()
+  drafter, mask_ids, shared_vocab = None, (), 0
   if config.method != "ar":
     if not config.drafter:
       raise DecodeError(f"method {config.method!r} needs --config.drafter")
     drafter_hf = checkpoints.load_hf_config(config.drafter)
     mask_ids = drafting.mask_token_ids(config.method, config.num_draft_tokens, drafter_hf,
                                        tuple(config.mask_token_ids))
+    shared_vocab = shared_vocab_size(target_hf, drafter_hf, tokenizer, config.drafter)
     drafter = checkpoints.load_model(config.drafter, dtype=config.dtype)
 
   def decode_config(method):
     return DecodeConfig(method=method, num_draft_tokens=config.num_draft_tokens,
                         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                         top_k=config.top_k, top_p=config.top_p, stop_token_ids=stops,
-                        mask_token_ids=mask_ids if method == config.method else ())
+                        mask_token_ids=mask_ids if method == config.method else (),
+                        shared_vocab_size=shared_vocab if method == config.method else 0)
 
   rows = run_batches(SpeculativeDecoder(target, drafter, decode_config(config.method)),
                      prompts, config.batch_size, config.seed, config.cache_len, config.method)

@@ -47,6 +47,9 @@ class DecodeConfig:
   top_p: float = 1.0
   stop_token_ids: tuple[int, ...] = ()
   mask_token_ids: tuple[int, ...] = ()  # K-1 ids after the real tokens (pard, parallelspec)
+  # Ids [0, n) mean the same token to target and drafter, whose embedding tables may be padded
+  # to different sizes (Qwen2.5-0.5B: 151936 rows, Qwen2.5-7B: 152064). 0: sizes must match.
+  shared_vocab_size: int = 0
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -61,6 +64,8 @@ class DecodeConfig:
       raise DecodeError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
     if not 0 < self.top_p <= 1:
       raise DecodeError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.shared_vocab_size < 0:
+      raise DecodeError(f"shared_vocab_size must be >= 0, got {self.shared_vocab_size}")
     if (self.method in drafting.PARALLEL_METHODS
         and len(self.mask_token_ids) != self.num_draft_tokens - 1):
       raise DecodeError(f"{self.method} needs num_draft_tokens - 1 = "
@@ -93,15 +98,25 @@ def _probs_fn(cfg: DecodeConfig):
                            top_k=cfg.top_k, top_p=cfg.top_p)
 
 
-def _draft(cfg: DecodeConfig, drafter, s: LoopState, rng):
+def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
   sample_fn = functools.partial(sampling.sample, greedy=cfg.greedy)
+  probs_fn, tokens_BxT = _probs_fn(cfg), s.tokens_BxT
+  if cfg.shared_vocab_size:
+    # q lives on the target's ids: drop the drafter's padding rows, give the target's zero mass.
+    shared = cfg.shared_vocab_size
+    fit = lambda logits: jnp.pad(logits[..., :shared],
+                                 [(0, 0)] * (logits.ndim - 1) + [(0, target_vocab - shared)],
+                                 constant_values=jnp.finfo(jnp.float32).min)
+    probs_fn = lambda logits: _probs_fn(cfg)(fit(logits))
+    # The target may commit ids past the drafter's table; they only cost acceptance.
+    tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
   if cfg.method == "sd":
-    return drafting.draft_autoregressive(drafter, s.drafter_cache, s.tokens_BxT, s.lengths_B,
-                                         s.draft_lengths_B, cfg.num_draft_tokens,
-                                         _probs_fn(cfg), sample_fn, rng)
-  return drafting.draft_parallel(drafter, s.drafter_cache, s.tokens_BxT, s.lengths_B,
-                                 s.draft_lengths_B, cfg.mask_token_ids, _probs_fn(cfg),
-                                 sample_fn, rng)
+    return drafting.draft_autoregressive(drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
+                                         s.draft_lengths_B, cfg.num_draft_tokens, probs_fn,
+                                         sample_fn, rng)
+  return drafting.draft_parallel(drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
+                                 s.draft_lengths_B, cfg.mask_token_ids, probs_fn, sample_fn,
+                                 rng)
 
 
 def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
@@ -122,7 +137,8 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
   batch = s.lengths_B.shape[0]
   rng, draft_rng, verify_rng = jax.random.split(s.rng, 3)
   if k:
-    drafts_BxK, q_BxKxV, drafter_cache, fed = _draft(cfg, drafter, s, draft_rng)
+    drafts_BxK, q_BxKxV, drafter_cache, fed = _draft(cfg, drafter, target.config.vocab_size, s,
+                                                     draft_rng)
   else:
     drafts_BxK = jnp.zeros((batch, 0), jnp.int32)
     q_BxKxV = jnp.zeros((batch, 0, target.config.vocab_size), jnp.float32)
@@ -219,16 +235,24 @@ class SpeculativeDecoder:
     if cfg.method != "ar":
       if drafter is None:
         raise DecodeError(f"method {cfg.method!r} needs a drafter")
-      if drafter.config.vocab_size != target.config.vocab_size:
+      target_vocab, drafter_vocab = target.config.vocab_size, drafter.config.vocab_size
+      if not cfg.shared_vocab_size and drafter_vocab != target_vocab:
         raise DecodeError(
-            f"target and drafter vocabularies differ: target has {target.config.vocab_size} "
-            f"tokens, drafter {drafter.config.vocab_size}; a drafter must share the "
-            "target's tokenizer and vocabulary")
+            f"target and drafter vocabularies differ: target has {target_vocab} tokens, "
+            f"drafter {drafter_vocab}; a drafter must share the target's tokenizer (when only "
+            "the embedding padding differs, set shared_vocab_size to the tokenizer's size)")
+      if cfg.shared_vocab_size > min(target_vocab, drafter_vocab):
+        raise DecodeError(f"shared_vocab_size {cfg.shared_vocab_size} exceeds a model's "
+                          f"vocabulary (target {target_vocab}, drafter {drafter_vocab})")
+      for token in cfg.mask_token_ids:
+        if not 0 <= token < drafter_vocab:
+          raise DecodeError(f"mask token id {token} is outside the drafter's vocabulary "
+                            f"[0, {drafter_vocab})")
     else:
       drafter = None
-    for token in cfg.stop_token_ids + cfg.mask_token_ids:
+    for token in cfg.stop_token_ids:
       if not 0 <= token < target.config.vocab_size:
-        raise DecodeError(f"token id {token} is outside the vocabulary "
+        raise DecodeError(f"stop token id {token} is outside the vocabulary "
                           f"[0, {target.config.vocab_size})")
     self.cfg = cfg
     self.target_def, self.target_params = nnx.split(target)

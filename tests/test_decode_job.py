@@ -14,7 +14,9 @@ from pard_jax import checkpoints, decode_job
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.drafting import DraftConfigError
 from tests.hf_models import save_hf_model
-from tests.test_decoding import perturbed
+from pard_jax.config import ModelConfig
+from pard_jax.model import create_model
+from tests.test_decoding import perturbed, resized_vocab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,6 +100,24 @@ def test_job_errors_are_clear(models, tmp_path):
     decode_job.run(_config(models, max_new_tokens=300))
   with pytest.raises(DecodeError, match="batch_size"):
     decode_job.run(_config(models, batch_size=0))
+
+
+def test_drafter_with_padded_vocabulary_and_same_tokenizer(tmp_path):
+  tokenizer = checkpoints.load_tokenizer(ROOT / "data/tiny_tokenizer")
+  target = create_model(ModelConfig(vocab_size=len(tokenizer), max_position_embeddings=256), 0)
+  checkpoints.save_hf(target, tmp_path / "target", tokenizer)
+  checkpoints.save_hf(resized_vocab(perturbed(target, 0.2, 0), len(tokenizer) + 8),
+                      tmp_path / "drafter", tokenizer,
+                      extra_config={"pard_token": 4, "spd_type": "pard"})
+  checkpoints.save_hf(create_model(ModelConfig(vocab_size=len(tokenizer) + 8)),
+                      tmp_path / "stranger")  # no tokenizer
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "Spell the word river."}\n')
+  (pard, _), _ = decode_job.run(_config(tmp_path, method="pard", num_draft_tokens=3,
+                                        compare_ar=True))
+  assert pard.matches_ar
+  with pytest.raises(DecodeError, match="tokenizers are missing or not the same"):
+    decode_job.run(_config(tmp_path, method="sd", drafter=str(tmp_path / "stranger")))
 
 
 CHATS = ["What is the capital of France?", "Name three primary colors.",

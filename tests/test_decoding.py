@@ -153,6 +153,35 @@ def test_bad_requests_get_clear_errors():
     DecodeConfig(method="pard", num_draft_tokens=4, mask_token_ids=(1,))
 
 
+def resized_vocab(model, vocab_size):
+  """`model` with its embedding tables cut or padded (with random rows) to `vocab_size`."""
+  resized = create_model(model.config.replace(vocab_size=vocab_size), seed=5)
+  _, state = nnx.split(model)
+  graphdef, new_state = nnx.split(resized)
+  overlap = lambda new, old: new.at[tuple(slice(0, min(a, b)) for a, b in
+                                          zip(new.shape, old.shape))].set(
+      old[tuple(slice(0, min(a, b)) for a, b in zip(new.shape, old.shape))])
+  return nnx.merge(graphdef, jax.tree.map(overlap, new_state, state))
+
+
+@pytest.mark.parametrize("drafter_vocab, method", [(48, "pard"), (36, "sd")])
+def test_drafter_with_padded_vocabulary(drafter_vocab, method):
+  target, drafter = tiny_pair(1)
+  drafter = resized_vocab(drafter, drafter_vocab)
+  prompts = [[1, 2, 3], [30, 31]]
+  ar = decode(target, None, prompts, max_new_tokens=12)
+  shared = min(drafter_vocab, TINY.vocab_size)
+  spec = decode(target, drafter, prompts, method=method, num_draft_tokens=3, max_new_tokens=12,
+                shared_vocab_size=shared, mask_token_ids=(shared - 1,) * 2
+                if method == "pard" else ())
+  assert spec.output_ids == ar.output_ids
+  assert max(max(a) for a in spec.accept_lengths) > 1  # the shared rows still draft well
+  with pytest.raises(DecodeError, match="vocabularies differ"):
+    decode(target, drafter, prompts, method="sd")
+  with pytest.raises(DecodeError, match="exceeds a model's vocabulary"):
+    decode(target, drafter, prompts, method="sd", shared_vocab_size=41)
+
+
 def test_mask_token_resolution():
   assert mask_token_ids("pard", 4, {"pard_token": 9, "spd_type": "pard"}) == (9, 9, 9)
   assert mask_token_ids("pard", 4, {}, override=(5,)) == (5, 5, 5)
