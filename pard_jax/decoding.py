@@ -107,7 +107,8 @@ def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
     fit = lambda logits: jnp.pad(logits[..., :shared],
                                  [(0, 0)] * (logits.ndim - 1) + [(0, target_vocab - shared)],
                                  constant_values=jnp.finfo(jnp.float32).min)
-    probs_fn = lambda logits: _probs_fn(cfg)(fit(logits))
+    target_probs_fn = probs_fn
+    probs_fn = lambda logits: target_probs_fn(fit(logits))
     # The target may commit ids past the drafter's table; they only cost acceptance.
     tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
   if cfg.method == "sd":

@@ -2,7 +2,6 @@
 SmolLM2 model's greedy output against transformers' `generate`."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -11,16 +10,13 @@ import pytest
 import torch
 
 from pard_jax import checkpoints, decode_job
+from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.drafting import DraftConfigError
-from tests.hf_models import save_hf_model
-from pard_jax.config import ModelConfig
 from pard_jax.model import create_model
+from tests.hf_models import save_hf_model
 from tests.test_decoding import perturbed, resized_vocab
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import configs.decode as decode_configs  # noqa: E402
+from tests.test_training import ROOT, load_config
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +35,7 @@ def models(tmp_path_factory):
 
 
 def _config(models, **overrides):
-  config = decode_configs.get_config()
+  config = load_config("configs/decode.py")
   config.target = str(models / "target")
   config.drafter = str(models / "drafter")
   config.prompts = str(models / "prompts.jsonl")

@@ -11,9 +11,8 @@ import numpy as np
 
 from pard_jax import checkpoints, train_loop
 
-from tests.test_training import load_config
+from tests.test_training import ROOT, load_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small, fast version of configs/tiny.py (100 steps, a checkpoint every 5).
 OVERRIDES = {"data.length": 48, "model.arch.hidden_size": 64, "model.arch.intermediate_size": 128,
              "model.arch.head_dim": 16, "train.num_steps": 100, "train.checkpoint_every": 5,
@@ -57,7 +56,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from step {interrupted_at}" in resumed.stderr
 
-  config = load_config(ROOT / "configs/tiny.py")
+  config = load_config("configs/tiny.py")
   for key, value in OVERRIDES.items():
     section, _, name = key.rpartition(".")
     node = config

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -13,15 +14,18 @@ from pard_jax import checkpoints, decode_job, layout, sharding, train_loop, trai
 from pard_jax.config import ModelConfig
 from pard_jax.model import create_model
 
-from tests.test_decode_job import decode_configs
 from tests.test_layout import packed_batch
 
 CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=16)
 
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
 def load_config(path="configs/tiny.py"):
-  spec = importlib.util.spec_from_file_location("config_module", path)
+  """`get_config()` of a config file, relative to the repository root."""
+  spec = importlib.util.spec_from_file_location("config_module", ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -138,7 +142,7 @@ def test_tiny_run_learns_and_exports(tmp_path):
   # AR model) its mask-token drafts must already be accepted well above chance.
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text('{"prompt": "Spell the word river."}\n{"prompt": "What color is the sky?"}\n')
-  decode = decode_configs.get_config()
+  decode = load_config("configs/decode.py")
   decode.update(dict(target=str(tmp_path / "hf"), drafter=str(tmp_path / "hf"), method="pard",
                      num_draft_tokens=4, prompts=str(prompts), max_new_tokens=24,
                      compare_ar=True))
