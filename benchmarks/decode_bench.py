@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -28,8 +27,10 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from pard_jax import checkpoints  # noqa: E402
-from pard_jax.decode_job import read_prompts  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
+from pard_jax.eval.peers import load_transformers_model  # noqa: E402
+from pard_jax.eval.prompts import JsonlFile  # noqa: E402
+from pard_jax.eval.report import device_name  # noqa: E402
 from pard_jax.model import init_cache  # noqa: E402
 
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute/param dtype")
@@ -41,16 +42,6 @@ _HF = flags.DEFINE_bool("transformers", True, "also time transformers (CPU torch
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def device_name() -> str:
-  device = jax.devices()[0]
-  if device.platform == "cpu":
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"cpu ({cpu}, {jax.local_device_count()} jax device(s))"
-  return device.device_kind
 
 
 def time_steps(model, widths, cache_len, repeats=10) -> dict[int, float]:
@@ -98,11 +89,7 @@ def run_ours(target, drafter, cfg, prompts) -> dict:
 
 def run_transformers(prompts, max_new_tokens, dtype, assisted_k=0) -> dict:
   import torch
-  import transformers
-  path = checkpoints.smollm2_gguf_path()
-  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      path.parent, gguf_file=path.name, dtype=torch_dtype).eval()
+  model = load_transformers_model(checkpoints.smollm2_gguf_path(), dtype)
   kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=0)
   if assisted_k:
@@ -131,7 +118,8 @@ def main(argv):
   path = checkpoints.smollm2_gguf_path()
   target = checkpoints.load_model(path, dtype=dtype)
   tokenizer = checkpoints.load_tokenizer(path)
-  prompts = read_prompts(ROOT / "data/prompts/chat.jsonl", tokenizer, True, _PROMPTS.value)
+  prompts = [p.token_ids(tokenizer, chat_template=True)
+             for p in JsonlFile(ROOT / "data/prompts/chat.jsonl").load()[:_PROMPTS.value]]
   results: dict = dict(device=device_name(), dtype=dtype, model="SmolLM2-135M-Instruct (Q4_1 "
                        "GGUF, dequantized)", max_new_tokens=_NEW.value, num_prompts=len(prompts),
                        command=" ".join(["python"] + sys.argv))

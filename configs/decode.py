@@ -1,21 +1,27 @@
 """Decoding / evaluation settings for decode.py.
 
-  python decode.py --config=configs/decode.py --config.method=pard \
-      --config.target=/models/Llama-3.1-8B-Instruct --config.drafter=/models/PARD-Llama-3.2-1B
+  python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
+      --config.num_draft_tokens=2,4,8 --config.prompts=mtbench,humaneval,gsm8k \
+      --config.target=/models/Llama-3.1-8B-Instruct --config.drafter=/models/PARD-Llama-3.2-1B \
+      --config.report_dir=/tmp/eval
 
 The field names are a contract other tools rely on; see README.md.
 """
 
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def get_config():
   config = ml_collections.ConfigDict()
   config.target = ""  # HF directory or .gguf file; "" = the SmolLM2-135M-Instruct GGUF
   config.drafter = ""  # same formats; unused for method=ar
-  config.method = "ar"  # ar | sd | pard | parallelspec
-  config.num_draft_tokens = 4  # K
+  config.method = "ar"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
+  config.num_draft_tokens = (4,)  # K values, e.g. 2,4,8
   config.mask_token_ids = ()  # override: (id,) for pard, K-1 ids for parallelspec
   config.max_new_tokens = 64
   config.temperature = 0.0  # 0 = greedy
@@ -23,13 +29,15 @@ def get_config():
   config.top_p = 1.0
   config.seed = 0
   config.batch_size = 1
-  config.prompts = "data/prompts/chat.jsonl"  # lines with "prompt" text or "input_ids"
-  config.chat_template = True  # apply the tokenizer's chat template to "prompt" lines
-  config.max_prompts = 0  # 0 = all
-  config.output = ""  # .jsonl, one line per prompt in input order; "" = none
+  # Comma-separated: mtbench, humaneval, gsm8k and/or .jsonl files ("prompt" or "input_ids").
+  config.prompts = str(ROOT / "data/prompts/chat.jsonl")
+  config.chat_template = True  # apply the tokenizer's chat template to text prompts
+  config.max_prompts = 0  # per set; 0 = all
+  config.output = ""  # .jsonl, one line per (cell, prompt); "" = none
+  config.report_dir = ""  # results.json, results.md, plots; a rerun skips finished cells
+  config.peers = ""  # "transformers": generate and assisted generation in the same run
   config.dtype = "float32"  # float32 | bfloat16
   # None = the EOS ids of config.json, generation_config.json and the tokenizer; () = none.
   config.stop_token_ids = config_dict.placeholder(tuple)
   config.cache_len = 0  # 0 = prompt + max_new_tokens
-  config.compare_ar = False  # also run ar on the same prompts and report the speedup
   return config

@@ -15,6 +15,7 @@ iterator state is one integer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -44,11 +45,44 @@ def load_records(source: str, split: str = "train"):
     if not files or None in formats or len(formats) != 1:
       raise DataError(f"data source {source!r}: expected .jsonl/.json/.parquet files of one "
                       f"format, found {[p.name for p in files]}")
-    return datasets.load_dataset(formats.pop(), data_files=[str(p) for p in files],
-                                 split="train")
+    file_format = formats.pop()
+    for file in files:
+      if file.stat().st_size == 0:
+        raise DataError(f"data source {file}: the file is empty")
+    try:
+      return datasets.load_dataset(file_format, data_files=[str(p) for p in files],
+                                   split="train")
+    except Exception as e:  # datasets wraps parse errors in its own generic types
+      if file_format == "json":
+        for file in files:
+          _check_json_file(file)
+      raise DataError(f"data source {source!r} could not be read: {e}") from e
   if source.startswith((".", "/", "~")) or pathlib.Path(source).suffix in _FILE_FORMATS:
     raise DataError(f"data source {source!r} does not exist")
   return datasets.load_dataset(source, split=split)
+
+
+def _check_json_file(path: pathlib.Path) -> None:
+  """Raises a `DataError` naming `file:line` of the first record that is not a JSON object."""
+  with open(path, "rb") as f:
+    head = f.read(1).lstrip()
+  if path.suffix == ".json" and head == b"[":
+    return  # one JSON array: datasets' own error is as precise as a line number would be
+  records = 0
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      try:
+        record = json.loads(raw)
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}:{number}: not a valid JSON line: {e}") from e
+      if not isinstance(record, dict):
+        raise DataError(f"{path}:{number}: a record must be a JSON object, got "
+                        f"{type(record).__name__}")
+      records += 1
+  if not records:
+    raise DataError(f"data source {path}: no records, only blank lines")
 
 
 def _load_tfds(spec: str, split: str):

@@ -91,6 +91,7 @@ class LoopState:
   done_B: jax.Array
   num_iterations_B: jax.Array
   accept_lengths_BxN: jax.Array  # tokens committed per iteration
+  accepted_drafts_BxN: jax.Array  # drafts the verification accepted per iteration (uncut)
 
 
 def _probs_fn(cfg: DecodeConfig):
@@ -170,10 +171,13 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
   slot_B = jnp.where(active_B, s.num_iterations_B, s.accept_lengths_BxN.shape[1])
   accept_lengths_BxN = s.accept_lengths_BxN.at[jnp.arange(batch), slot_B].set(count_B,
                                                                               mode="drop")
+  accepted_drafts_BxN = s.accepted_drafts_BxN.at[jnp.arange(batch), slot_B].set(
+      num_accepted_B, mode="drop")
   return LoopState(tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
                    target_cache=target_cache, drafter_cache=drafter_cache, rng=rng,
                    done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
-                   accept_lengths_BxN=accept_lengths_BxN)
+                   accept_lengths_BxN=accept_lengths_BxN,
+                   accepted_drafts_BxN=accepted_drafts_BxN)
 
 
 def _prefill(model, tokens_BxP, cache):
@@ -198,7 +202,8 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, tar
       tokens_BxT=tokens_BxT, lengths_B=prompt_lengths_B, draft_lengths_B=prompt_lengths_B - 1,
       target_cache=target_cache, drafter_cache=drafter_cache, rng=rng,
       done_B=jnp.zeros((batch,), bool), num_iterations_B=jnp.zeros((batch,), jnp.int32),
-      accept_lengths_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
+      accept_lengths_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32),
+      accepted_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
   body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B)
   return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, state)
 
@@ -208,6 +213,8 @@ class DecodeResult:
   """Per-row outputs of one `generate` call (generated ids end at and include a stop token)."""
   output_ids: list[list[int]]
   accept_lengths: list[list[int]]  # tokens committed in each iteration
+  # Drafts accepted in each iteration, before the cut at a stop token or max_new_tokens.
+  accepted_drafts: list[list[int]]
   num_iterations: list[int]
   num_drafted: list[int]
   seconds: float  # wall time of the compiled run, compilation excluded
@@ -310,11 +317,13 @@ class SpeculativeDecoder:
                 jnp.asarray(lengths), jax.random.key(seed))
     state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    out_tokens, out_lengths, iterations, accepts = jax.device_get(
-        (state.tokens_BxT, state.lengths_B, state.num_iterations_B, state.accept_lengths_BxN))
+    out_tokens, out_lengths, iterations, accepts, drafts = jax.device_get(
+        (state.tokens_BxT, state.lengths_B, state.num_iterations_B, state.accept_lengths_BxN,
+         state.accepted_drafts_BxN))
     return DecodeResult(
         output_ids=[out_tokens[b, lengths[b]:out_lengths[b]].tolist() for b in range(batch)],
         accept_lengths=[accepts[b, :iterations[b]].tolist() for b in range(batch)],
+        accepted_drafts=[drafts[b, :iterations[b]].tolist() for b in range(batch)],
         num_iterations=iterations.tolist(),
         num_drafted=(iterations * self.cfg.num_drafts).tolist(),
         seconds=seconds)

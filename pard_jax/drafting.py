@@ -51,7 +51,7 @@ def mask_token_ids(method: str, num_draft_tokens: int, drafter_hf_config: dict[s
       mask = int(drafter_hf_config["pard_token"])
     else:
       raise DraftConfigError("the drafter is not a PARD checkpoint: its config.json has no "
-                             "'pard_token'; pass the mask id with --config.mask_token_id")
+                             "'pard_token'; pass the mask id with --config.mask_token_ids")
     return (mask,) * (k - 1)
   if method == "parallelspec":
     ids = tuple(override) or tuple(drafter_hf_config.get("parallelspec_tokens") or ())

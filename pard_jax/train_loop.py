@@ -231,12 +231,17 @@ class MetricsLog:
   """Checks every step's loss, and every `log_every` steps writes metrics.jsonl and the bar."""
 
   def __init__(self, workdir: pathlib.Path, tokens_per_step: int, log_every: int, bar,
-               is_main: bool):
+               is_main: bool, start_step: int):
     self.path = workdir / "metrics.jsonl"
     self.tokens_per_step, self.log_every, self.bar, self.is_main = (
         tokens_per_step, log_every, bar, is_main)
     self.last_time, self.last_step = time.perf_counter(), None
     self.history: list[dict[str, Any]] = []
+    if is_main and self.path.exists():
+      # Rows logged after the checkpoint we resume from are logged again: drop them.
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= start_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
 
   def __call__(self, step: int, metrics, last_checkpoint: int | None) -> None:
     metrics = jax.device_get(metrics)
@@ -327,7 +332,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   try:
     with tqdm(total=steps, initial=start, disable=not is_main, desc="pard") as bar:
       log = MetricsLog(workdir, config.train.batch_size * config.data.length,
-                       config.train.log_every, bar, is_main)
+                       config.train.log_every, bar, is_main, start)
       pending = None  # the previous step's metrics, read after the next step is dispatched
       for step in range(start + 1, steps + 1):
         batch = {k: jax.make_array_from_process_local_data(in_sharding, v)

@@ -12,7 +12,7 @@ import transformers
 from pard_jax import checkpoints
 from pard_jax.config import ConfigError
 from pard_jax.sharding import make_mesh
-from tests.hf_models import hf_logits, save_hf_model
+from tests.helpers import hf_logits, save_hf_model
 
 
 def _logits(model, tokens):
@@ -136,6 +136,7 @@ def test_clear_errors(tmp_path):
     checkpoints.load_model(tmp_path / "fake.gguf")
 
 
+@pytest.mark.real_model
 def test_real_smollm2_gguf_logits_match_transformers(smollm2, smollm2_hf):
   _, model, tokenizer = smollm2
   ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],

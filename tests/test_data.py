@@ -137,3 +137,16 @@ def test_iterator_epochs_cover_rows_and_processes_split_batches():
   np.testing.assert_array_equal(np.concatenate(parts), whole)
   with pytest.raises(data.DataError, match="not divisible"):
     data.BatchIterator(rows, batch_size=3, seed=0, process_count=2)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"\n  \n", "no records, only blank lines"),
+    (b'{"text": "a"}\n{"text": "b"\n', r"bad.jsonl:2: not a valid JSON line"),
+    (b'{"text": "a"}\n\n[1, 2]\n', r"bad.jsonl:3: a record must be a JSON object, got list"),
+])
+def test_bad_local_files_name_file_and_line(tmp_path, content, message):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_bytes(content)
+  with pytest.raises(data.DataError, match=message):
+    data.load_records(str(bad))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from pard_jax import checkpoints, sampling
@@ -18,20 +17,12 @@ from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.drafting import DraftConfigError, mask_token_ids
 from pard_jax.model import create_model
-from tests.hf_models import save_hf_model
+from tests.helpers import perturbed, resized_vocab, save_hf_model
 
 TINY = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
                    num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
 MASK = 39
 
-
-def perturbed(model, scale, seed):
-  """A drafter that agrees with `model` often but not always."""
-  graphdef, state = nnx.split(model)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  leaves = [x + scale * jnp.std(x) * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
 def decode(target, drafter, prompts, seed=0, **kwargs):
@@ -116,6 +107,11 @@ def test_statistics_are_consistent():
                   max_new_tokens=12)
   assert result.num_iterations == [len(a) for a in result.accept_lengths]
   assert result.num_drafted == [3 * n for n in result.num_iterations]
+  # Accepted drafts are uncut: at most K, and one short of the committed count but at the end.
+  for accepted, committed in zip(result.accepted_drafts, result.accept_lengths):
+    assert all(0 <= a <= 3 for a in accepted)
+    assert [a + 1 for a in accepted[:-1]] == committed[:-1]
+    assert committed[-1] <= accepted[-1] + 1
   assert result.mean_accept_length == pytest.approx(24 / sum(result.num_iterations))
   assert result.seconds > 0
 
@@ -152,16 +148,6 @@ def test_bad_requests_get_clear_errors():
   with pytest.raises(DecodeError, match="mask ids"):
     DecodeConfig(method="pard", num_draft_tokens=4, mask_token_ids=(1,))
 
-
-def resized_vocab(model, vocab_size):
-  """`model` with its embedding tables cut or padded (with random rows) to `vocab_size`."""
-  resized = create_model(model.config.replace(vocab_size=vocab_size), seed=5)
-  _, state = nnx.split(model)
-  graphdef, new_state = nnx.split(resized)
-  overlap = lambda new, old: new.at[tuple(slice(0, min(a, b)) for a, b in
-                                          zip(new.shape, old.shape))].set(
-      old[tuple(slice(0, min(a, b)) for a, b in zip(new.shape, old.shape))])
-  return nnx.merge(graphdef, jax.tree.map(overlap, new_state, state))
 
 
 @pytest.mark.parametrize("drafter_vocab, method", [(48, "pard"), (36, "sd")])

@@ -9,28 +9,10 @@ from pard_jax import layout
 from pard_jax.config import ModelConfig
 from pard_jax.model import create_model
 
+from tests.helpers import packed_batch
+
 MASK = 7
 
-
-def packed_batch(doc_lengths_per_row, length, seed=0, vocab=50):
-  """A `[rows, length]` packed batch like data.pack builds, with random tokens."""
-  rng = np.random.default_rng(seed)
-  rows = len(doc_lengths_per_row)
-  tokens = rng.integers(8, vocab, (rows, length)).astype(np.int32)
-  positions = np.zeros((rows, length), np.int32)
-  segments = np.zeros((rows, length), np.int32)
-  for r, doc_lengths in enumerate(doc_lengths_per_row):
-    start = 0
-    for segment, n in enumerate(doc_lengths, start=1):
-      positions[r, start:start + n] = np.arange(n)
-      segments[r, start:start + n] = segment
-      start += n
-  labels = np.zeros_like(tokens)
-  labels[:, :-1] = tokens[:, 1:]
-  weights = np.zeros((rows, length), np.float32)
-  weights[:, :-1] = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] > 0)
-  return dict(tokens=tokens, positions=positions, segment_ids=segments, labels=labels,
-              weights=weights)
 
 
 def make_layout(batch, counts, seed=0):

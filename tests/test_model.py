@@ -9,7 +9,7 @@ from flax import nnx
 from pard_jax import checkpoints
 from pard_jax.config import ConfigError, ModelConfig
 from pard_jax.model import create_model, init_cache
-from tests.hf_models import ARCHITECTURES, hf_logits, save_hf_model
+from tests.helpers import ARCHITECTURES, hf_logits, save_hf_model
 
 ATOL = 1e-4
 

@@ -1,5 +1,6 @@
 """train.py end to end: bad values fail fast, and a killed run resumes to identical parameters."""
 
+import json
 import os
 import pathlib
 import signal
@@ -11,7 +12,7 @@ import numpy as np
 
 from pard_jax import checkpoints, train_loop
 
-from tests.test_training import ROOT, load_config
+from tests.helpers import ROOT, load_config
 
 # A small, fast version of configs/tiny.py (100 steps, a checkpoint every 5).
 OVERRIDES = {"data.length": 48, "model.arch.hidden_size": 64, "model.arch.intermediate_size": 128,
@@ -65,6 +66,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     node[name] = value
   reference = tmp_path / "reference"
   train_loop.train(config, str(reference))
+  logged = lambda workdir: [json.loads(line)["step"]
+                            for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert logged(killed) == logged(reference) == list(range(5, 101, 5))  # no rows twice
   got = checkpoints.read_safetensors(killed / "hf" / "model.safetensors")
   want = checkpoints.read_safetensors(reference / "hf" / "model.safetensors")
   assert got.keys() == want.keys()

@@ -1,8 +1,6 @@
 """Train step (sharded vs single device, accumulation), schedules, config checks, tiny runs."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -10,25 +8,17 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, decode_job, layout, sharding, train_loop, training
+from pard_jax import checkpoints, layout, sharding, train_loop, training
 from pard_jax.config import ModelConfig
+from pard_jax.eval import job
 from pard_jax.model import create_model
 
-from tests.test_layout import packed_batch
+from tests.helpers import load_config, packed_batch
 
 CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=16)
 
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(path="configs/tiny.py"):
-  """`get_config()` of a config file, relative to the repository root."""
-  spec = importlib.util.spec_from_file_location("config_module", ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def tiny_config(**train_overrides):
@@ -144,11 +134,11 @@ def test_tiny_run_learns_and_exports(tmp_path):
   prompts.write_text('{"prompt": "Spell the word river."}\n{"prompt": "What color is the sky?"}\n')
   decode = load_config("configs/decode.py")
   decode.update(dict(target=str(tmp_path / "hf"), drafter=str(tmp_path / "hf"), method="pard",
-                     num_draft_tokens=4, prompts=str(prompts), max_new_tokens=24,
-                     compare_ar=True))
-  (pard, _), records = decode_job.run(decode)
-  assert pard.matches_ar and pard.tau > 1.5, pard
-  assert records[0]["text"]
+                     num_draft_tokens=(4,), prompts=str(prompts), max_new_tokens=24))
+  result = job.run(decode)
+  pard = result.cell("prompts", "pard", 4)
+  assert pard.identical_to_ar == 2 and pard.tau > 1.5, pard
+  assert result.records[0]["text"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -1,0 +1,159 @@
+"""The decode.py job: a sweep over (prompt set, method, K) cells with `ar` as the baseline.
+
+Order of work, so that mistakes surface before anything slow: the config is checked
+(`EvalSpec`), the report folder's earlier settings compared, prompts read and tokenized, the
+drafter's mask ids resolved and every `DecodeConfig` built; only then are models loaded. Per
+prompt set, `ar` runs first, then every (method, K), then the peers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+from absl import logging
+
+from pard_jax import checkpoints, drafting
+from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
+from pard_jax.eval import cells as cells_lib
+from pard_jax.eval import peers as peers_lib
+from pard_jax.eval import prompts as prompts_lib
+from pard_jax.eval.report import Report
+from pard_jax.eval.spec import EvalSpec
+
+
+def _load_tokenizer(path):
+  try:
+    return checkpoints.load_tokenizer(path)
+  except (OSError, ValueError) as e:
+    logging.warning("no tokenizer at %s (%s): outputs carry ids only", path, e)
+    return None
+
+
+def stop_ids(model_path, hf_config: dict[str, Any], tokenizer) -> tuple[int, ...]:
+  """EOS ids from config.json, generation_config.json and the tokenizer."""
+  ids = set()
+  sources = [hf_config.get("eos_token_id")]
+  generation_config = pathlib.Path(model_path) / "generation_config.json"
+  if generation_config.exists():
+    sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
+  if tokenizer is not None:
+    sources.append(tokenizer.eos_token_id)
+  for source in sources:
+    if source is not None:
+      ids.update(source if isinstance(source, list) else [source])
+  return tuple(sorted(int(i) for i in ids))
+
+
+def shared_vocab_size(target_hf: dict[str, Any], drafter_hf: dict[str, Any], target_tokenizer,
+                      drafter_path) -> int:
+  """0 when the embedding tables match; else the tokenizer size, if the tokenizers agree."""
+  if target_hf["vocab_size"] == drafter_hf["vocab_size"]:
+    return 0
+  drafter_tokenizer = _load_tokenizer(drafter_path)
+  if (target_tokenizer is None or drafter_tokenizer is None
+      or target_tokenizer.get_vocab() != drafter_tokenizer.get_vocab()):
+    raise DecodeError(
+        f"target and drafter vocabularies differ (target {target_hf['vocab_size']} rows, "
+        f"drafter {drafter_hf['vocab_size']}) and their tokenizers are missing or not the same: "
+        "a drafter must share the target's tokenizer")
+  return len(target_tokenizer)
+
+
+def tokenize_set(prompt_set: prompts_lib.PromptSet, spec: EvalSpec, tokenizer,
+                 vocab_size: int) -> tuple[list[str], list[list[int]]]:
+  """(origins, token ids) of a set's first `max_prompts` prompts, ids checked against the vocab."""
+  prompts = prompt_set.load()[:spec.max_prompts or None]
+  ids = []
+  for prompt in prompts:
+    tokens = prompt.token_ids(tokenizer, spec.chat_template)
+    bad = [t for t in tokens if not 0 <= t < vocab_size]
+    if bad:
+      raise prompts_lib.PromptError(f"{prompt.origin}: token id {bad[0]} is outside the "
+                                    f"target's vocabulary [0, {vocab_size})")
+    ids.append(tokens)
+  return [p.origin for p in prompts], ids
+
+
+@dataclasses.dataclass
+class EvalResult:
+  cells: list[cells_lib.CellResult]  # in report order: per set, ours (ar first), then peers
+  records: list[dict[str, Any]]  # one per (cell, prompt) run by our engine, as in `output`
+  report: Report
+
+  def cell(self, prompt_set: str, method: str, k: int = 0,
+           engine: str = cells_lib.OURS) -> cells_lib.CellResult:
+    return self.report.cells[(prompt_set, engine, method, k)]
+
+
+def run(config) -> EvalResult:
+  """Runs the sweep described by a `configs/decode.py` config (or an `EvalSpec`)."""
+  spec = config if isinstance(config, EvalSpec) else EvalSpec.from_config(config)
+  report = Report(spec)
+  tokenizer = _load_tokenizer(spec.target)
+  target_hf = checkpoints.load_hf_config(spec.target)
+  sets = {s.name: tokenize_set(s, spec, tokenizer, target_hf["vocab_size"])
+          for s in spec.prompt_sets}
+  stops = (spec.stop_token_ids if spec.stop_token_ids is not None
+           else stop_ids(spec.target, target_hf, tokenizer))
+
+  drafter_hf, shared_vocab = None, 0
+  if spec.drafter is not None and len(spec.methods) > 1:
+    drafter_hf = checkpoints.load_hf_config(spec.drafter)
+    shared_vocab = shared_vocab_size(target_hf, drafter_hf, tokenizer, spec.drafter)
+  configs = {}
+  for method, k in spec.cells():
+    configs[method, k] = DecodeConfig(
+        method=method, num_draft_tokens=k or 1, max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
+        stop_token_ids=stops, shared_vocab_size=shared_vocab if k else 0,
+        mask_token_ids=drafting.mask_token_ids(method, k, drafter_hf or {}, spec.mask_token_ids))
+
+  todo = [(name, method, k) for name in sets for method, k in spec.cells()
+          if not report.done((name, cells_lib.OURS, method, k))]
+  target = checkpoints.load_model(spec.target, dtype=spec.dtype) if todo else None
+  drafter = (checkpoints.load_model(spec.drafter, dtype=spec.dtype)
+             if any(method != "ar" for _, method, _ in todo) else None)
+  decoders: dict[tuple[str, int], SpeculativeDecoder] = {}
+  peer = peers_lib.TransformersPeer(spec, stops) if spec.peers else None
+
+  records = []
+  for name, (origins, prompts) in sets.items():
+    ar = None
+    for method, k in spec.cells():
+      key = (name, cells_lib.OURS, method, k)
+      if report.done(key):
+        rows = report.rows(key)
+      else:
+        if (method, k) not in decoders:
+          decoders[method, k] = SpeculativeDecoder(target, drafter if k else None,
+                                                   configs[method, k])
+        rows = cells_lib.run_cell(decoders[method, k], prompts, spec.batch_size, spec.seed,
+                                  spec.cache_len, desc=f"{name} {method} K={k}")
+        cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy)
+        if method == "ar":
+          cell.speedup_vs_ar = 1.0
+        report.add(cell, rows)
+        logging.info("%s", cell.to_json())
+      if method == "ar":
+        ar = (report.cells[key], rows)
+      records += [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)
+                  for origin, row in zip(origins, rows)]
+    for method, k in (peer.methods() if peer else []):
+      if not report.done((name, peers_lib.TRANSFORMERS, method, k)):
+        cell = peer.run(name, method, k, prompts)
+        ours = report.cells[(name, cells_lib.OURS, method, k)]
+        peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", 0), cell)
+        cell.ours_vs_peer = ours.tokens_per_second / cell.tokens_per_second
+        cell.speedup_vs_ar = cell.tokens_per_second / peer_ar.tokens_per_second
+        report.add(cell)
+
+  if tokenizer is not None:
+    for record in records:
+      record["text"] = tokenizer.decode(record["output_ids"])
+  if spec.output is not None:
+    spec.output.write_text("".join(json.dumps(record) + "\n" for record in records))
+  report.plot()
+  return EvalResult(cells=report.ordered(), records=records, report=report)
