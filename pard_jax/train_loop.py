@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import tensorboardX
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -51,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
       init="",  # HF directory or .gguf file of the AR model the drafter starts from
+      # Cut `init` to these decoder layers, in order (a drafter from its own target); () = all.
+      keep_layers=(),
       # ModelConfig fields for a from-scratch model, used only when `init` is empty.
       arch=ml_collections.ConfigDict(),
       dtype="bfloat16",  # compute dtype
@@ -84,6 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       max_grad_norm=1.0,
+      # "all", or "layers": only the decoder layers and the mask token's embedding row learn.
+      trainable="all",
       seed=0,  # COD sampling
       log_every=10,
       checkpoint_every=500,
@@ -124,6 +129,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(train.grad_accum_steps >= 1 and train.batch_size % train.grad_accum_steps == 0,
            "train.grad_accum_steps", f"({train.grad_accum_steps}) must be >= 1 and divide "
            f"train.batch_size ({train.batch_size})")
+  _require(train.trainable in training.TRAINABLE, "train.trainable",
+           f"unknown value {train.trainable!r}; known: {training.TRAINABLE}")
+  _require(not config.model.keep_layers or bool(config.model.init), "model.keep_layers",
+           "cuts the layers of model.init, which is empty")
   _require(train.schedule in training.SCHEDULES, "train.schedule",
            f"unknown schedule {train.schedule!r}; known: {training.SCHEDULES}")
   _require(train.learning_rate > 0, "train.learning_rate",
@@ -180,8 +189,12 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 def load_model(config: ml_collections.ConfigDict, mesh: Mesh):
   model_cfg = config.model
   if model_cfg.init:
-    return checkpoints.load_model(model_cfg.init, dtype=model_cfg.dtype,
-                                  param_dtype=model_cfg.param_dtype, mesh=mesh)
+    try:
+      return checkpoints.load_model(model_cfg.init, dtype=model_cfg.dtype,
+                                    param_dtype=model_cfg.param_dtype, mesh=mesh,
+                                    keep_layers=tuple(model_cfg.keep_layers))
+    except checkpoints.CheckpointError as e:
+      raise TrainConfigError(f"config.model: {e}") from e
   arch = ModelConfig(**model_cfg.arch.to_dict(), dtype=model_cfg.dtype,
                      param_dtype=model_cfg.param_dtype)
   return create_model(arch, model_cfg.seed)
@@ -228,7 +241,8 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state_sharding
 
 
 class MetricsLog:
-  """Checks every step's loss, and every `log_every` steps writes metrics.jsonl and the bar."""
+  """Checks every step's loss; every `log_every` steps writes metrics.jsonl, TensorBoard event
+  files (`workdir/tensorboard`, via tensorboardX) and the progress bar."""
 
   def __init__(self, workdir: pathlib.Path, tokens_per_step: int, log_every: int, bar,
                is_main: bool, start_step: int):
@@ -242,6 +256,13 @@ class MetricsLog:
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line)["step"] <= start_step]
       self.path.write_text("".join(line + "\n" for line in kept))
+    # purge_step makes TensorBoard drop what an interrupted run logged past the checkpoint.
+    self.writer = (tensorboardX.SummaryWriter(str(workdir / "tensorboard"),
+                                              purge_step=start_step + 1) if is_main else None)
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
 
   def __call__(self, step: int, metrics, last_checkpoint: int | None) -> None:
     metrics = jax.device_get(metrics)
@@ -270,6 +291,10 @@ class MetricsLog:
     if self.is_main:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      for name, value in record.items():
+        if name != "step":
+          self.writer.add_scalar(name, value, step)
+      self.writer.flush()
       logging.info("step %d: %s", step, record)
 
 
@@ -307,7 +332,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   validate_model(config, model.config)
   graphdef, params = nnx.split(model)
   del model
-  optimizer = training.make_optimizer(optimizer_config(config, steps))
+  optimizer = training.make_optimizer(optimizer_config(config, steps), config.train.trainable,
+                                      config.pard.mask_token)
   state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
   pard = training.PardConfig(
       counts=layout_lib.cod_counts(config.data.length, config.pard.num_depths, config.pard.r,
@@ -329,6 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   in_sharding = sharding_lib.batch_sharding(mesh)
   rng = jax.random.key(config.train.seed)
   is_main = jax.process_index() == 0
+  log = None
   try:
     with tqdm(total=steps, initial=start, disable=not is_main, desc="pard") as bar:
       log = MetricsLog(workdir, config.train.batch_size * config.data.length,
@@ -347,6 +374,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
           save_checkpoint(manager, step, state, batches.position)
   finally:
     manager.wait_until_finished()
+    if log is not None:
+      log.close()
   out = export(graphdef, state, mesh, workdir, tokenizer, config.pard.mask_token)
   logging.info("exported the PARD drafter to %s", out)
   return log.history

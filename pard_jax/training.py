@@ -53,12 +53,43 @@ def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
   return optax.join_schedules([warmup, after_warmup], [cfg.warmup_steps])
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+TRAINABLE = ("all", "layers")
+
+
+def freeze_shared(mask_token: int) -> optax.GradientTransformation:
+  """Zeroes updates of the embedding (but its mask row), the final norm and an untied head.
+
+  For a drafter cut from its target: the shared tensors stay the target's, and only the kept
+  layers and the mask token's embedding learn. Applied before clipping (frozen gradients do
+  not count in the norm) and after AdamW (no weight decay reaches frozen values).
+  """
+  def update(updates, state, params=None):
+    del params
+
+    def keep(path, u):
+      name = sharding_lib.path_str(path)
+      if name.startswith("layers/"):
+        return u
+      if name.startswith("embed_tokens/"):
+        return u * (jnp.arange(u.shape[0]) == mask_token)[:, None].astype(u.dtype)
+      return jnp.zeros_like(u)
+    return jax.tree_util.tree_map_with_path(keep, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg: OptimizerConfig, trainable: str = "all",
+                   mask_token: int = -1) -> optax.GradientTransformation:
+  """AdamW with optional clipping; `trainable="layers"` freezes the shared tensors."""
+  if trainable not in TRAINABLE:
+    raise ValueError(f"unknown trainable {trainable!r}; known: {TRAINABLE}")
   adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                       weight_decay=cfg.weight_decay)
-  if cfg.max_grad_norm <= 0:
-    return adamw
-  return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+  chain = [adamw]
+  if cfg.max_grad_norm > 0:
+    chain.insert(0, optax.clip_by_global_norm(cfg.max_grad_norm))
+  if trainable == "layers":
+    chain = [freeze_shared(mask_token)] + chain + [freeze_shared(mask_token)]
+  return optax.chain(*chain) if len(chain) > 1 else adamw
 
 
 @dataclasses.dataclass(frozen=True)

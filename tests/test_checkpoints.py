@@ -147,3 +147,22 @@ def test_real_smollm2_gguf_logits_match_transformers(smollm2, smollm2_hf):
   assert model.config.num_layers == 30 and model.config.vocab_size == 49152
   np.testing.assert_allclose(ours, theirs, atol=2e-3, rtol=0)
   np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize("keep", [(0, 1), (0, 2)])
+def test_layer_cut_matches_transformers_with_those_layers(keep, tmp_path, tokens):
+  """A drafter cut from its target equals transformers' model with only the kept layers."""
+  hf = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
+      vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+  hf.save_pretrained(tmp_path)
+  cut = checkpoints.load_model(tmp_path, keep_layers=keep)
+  assert cut.config.num_layers == len(keep)
+  hf.model.layers = torch.nn.ModuleList([hf.model.layers[i] for i in keep])
+  hf.config.num_hidden_layers = len(keep)
+  for i, layer in enumerate(hf.model.layers):
+    layer.self_attn.layer_idx = i
+  np.testing.assert_allclose(hf_logits(hf.eval(), tokens), _logits(cut, tokens), atol=1e-4)
+  with pytest.raises(checkpoints.CheckpointError, match=r"keep_layers \(0, 3\) must be layer "
+                     r"indices in \[0, 3\)"):
+    checkpoints.load_model(tmp_path, keep_layers=(0, 3))

@@ -39,6 +39,7 @@ def tiny_pair(seed):
   return target, perturbed(target, 0.3, seed + 100)
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 3), k=st.integers(1, 8), method=st.sampled_from(["sd", "pard"]),
        lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4), data=st.data())
@@ -85,6 +86,7 @@ def test_drafter_equal_to_target_accepts_every_draft(k):
     assert sum(accepts) == 23
 
 
+@pytest.mark.slow
 def test_stop_tokens_and_max_new_tokens_per_row():
   target, drafter = tiny_pair(1)
   prompts = [[1, 2, 3], [9, 9], [5, 6, 7, 8]]

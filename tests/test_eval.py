@@ -53,6 +53,7 @@ def no_model_loading(monkeypatch):
   monkeypatch.setattr(checkpoints, "load_model", refuse)
 
 
+@pytest.mark.slow
 def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, monkeypatch):
   config = _config(models, method="ar,sd,pard", num_draft_tokens=(2, 3), batch_size=2,
                    report_dir=str(tmp_path / "report"), output=str(tmp_path / "out.jsonl"))
@@ -140,6 +141,7 @@ def test_transformers_peers_in_the_same_run(models, tmp_path):
   assert "| transformers | sd | 2 |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_decode_cli_runs_from_any_directory(models, tmp_path):
   output = tmp_path / "cli.jsonl"
   proc = subprocess.run(

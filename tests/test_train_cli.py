@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from pard_jax import checkpoints, train_loop
 
@@ -39,6 +40,7 @@ def test_bad_value_fails_before_training(tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   killed = tmp_path / "killed"
   process = subprocess.Popen(train_command(killed), cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -57,6 +57,31 @@ def run_steps(mesh, accum_steps=1, steps=2):
   return state, jax.device_get(metrics)
 
 
+def test_frozen_shared_tensors_keep_their_values_but_the_mask_row():
+  model = create_model(CONFIG.replace(tie_word_embeddings=False), seed=0)
+  graphdef, params = nnx.split(model)
+  optimizer = training.make_optimizer(training.OptimizerConfig(
+      learning_rate=1e-2, weight_decay=0.1, total_steps=10), trainable="layers", mask_token=5)
+  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_token=5)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
+  step = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding)
+  batch = packed_batch([[24], [10, 14]], 24, seed=1, vocab=96)
+  for _ in range(3):
+    state, _ = step(state, batch, jax.random.key(3))
+  before, after = jax.device_get(params), jax.device_get(state["params"])
+  changed = lambda get: not np.array_equal(get(before), get(after))
+  embedding = lambda p: p["embed_tokens"]["embedding"]
+  assert not np.array_equal(embedding(before)[5], embedding(after)[5])  # the mask row learns
+  np.testing.assert_array_equal(np.delete(embedding(before), 5, 0),
+                                np.delete(embedding(after), 5, 0))
+  assert not changed(lambda p: p["norm"]["weight"])
+  assert not changed(lambda p: p["lm_head"]["kernel"])
+  assert changed(lambda p: p["layers"][1]["mlp"]["up_proj"]["kernel"])
+  with pytest.raises(ValueError, match="unknown trainable 'heads'"):
+    training.make_optimizer(training.OptimizerConfig(), trainable="heads")
+
+
 def test_sharded_step_matches_single_device():
   single, single_metrics = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   sharded, sharded_metrics = run_steps(sharding.make_mesh((2, 2, 2)))
@@ -90,6 +115,8 @@ def test_gradient_accumulation_matches_full_batch():
     ("data.length", 3, "config.data.length"),
     ("data.source", "", "config.data.source"),
     ("train.schedule", "step", "config.train.schedule"),
+    ("train.trainable", "heads", "config.train.trainable: unknown value 'heads'"),
+    ("model.keep_layers", (0, 1), "config.model.keep_layers: cuts the layers of model.init"),
     ("train.grad_accum_steps", 3, "config.train.grad_accum_steps"),
     ("train.learning_rate", 0.0, "config.train.learning_rate"),
     ("model.dtype", "int8", "config.model.dtype"),
@@ -121,6 +148,8 @@ def test_tiny_run_learns_and_exports(tmp_path):
   assert history[-1]["accuracy/depth_1"] > 0.05  # 25x chance (1/512)
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == \
       [10, 20, 30, 40]
+  events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").glob("events.out.*"))
+  assert b"accuracy/depth_1" in events and b"loss" in events
   hf = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert hf["pard_token"] == 4 and hf["spd_type"] == "pard"
   exported = checkpoints.load_model(tmp_path / "hf")

@@ -80,6 +80,14 @@ def count_identical(rows: Sequence[dict], ar_rows: Sequence[dict]) -> int:
   return sum(r["output_ids"] == a["output_ids"] for r, a in zip(rows, ar_rows, strict=True))
 
 
+def padded_batches(items: Sequence, batch_size: int):
+  """(start, batch, padded) per batch; a short last batch is padded with copies of its first
+  item so that every batch has the compiled shape."""
+  for start in range(0, len(items), batch_size):
+    batch = list(items[start:start + batch_size])
+    yield start, batch, batch + [batch[0]] * (batch_size - len(batch))
+
+
 def run_cell(decoder: SpeculativeDecoder, prompts: Sequence[Sequence[int]], batch_size: int,
              seed: int, cache_len: int = 0, desc: str = "") -> list[dict]:
   """Decodes prompts in input order and returns one row per prompt.
@@ -88,17 +96,11 @@ def run_cell(decoder: SpeculativeDecoder, prompts: Sequence[Sequence[int]], batc
   first call of an executable also pays one-off allocation costs that skewed short runs.
   """
   width = prompt_width(decoder, max(map(len, prompts)), cache_len)
-
-  def batch_at(start):
-    batch = list(prompts[start:start + batch_size])
-    # A short last batch is padded with copies so its shape matches the compiled one.
-    return batch, batch + [batch[0]] * (batch_size - len(batch))
-
-  decoder.generate(batch_at(0)[1], seed=seed, prompt_len=width, cache_len=cache_len or None)
+  batches = list(padded_batches(prompts, batch_size))
+  decoder.generate(batches[0][2], seed=seed, prompt_len=width, cache_len=cache_len or None)
   rows = []
   with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
-    for start in range(0, len(prompts), batch_size):
-      batch, padded = batch_at(start)
+    for start, batch, padded in batches:
       result = decoder.generate(padded, seed=seed + start, prompt_len=width,
                                 cache_len=cache_len or None)
       for i in range(len(batch)):

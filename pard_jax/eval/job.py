@@ -117,7 +117,7 @@ def run(config) -> EvalResult:
   drafter = (checkpoints.load_model(spec.drafter, dtype=spec.dtype)
              if any(method != "ar" for _, method, _ in todo) else None)
   decoders: dict[tuple[str, int], SpeculativeDecoder] = {}
-  peer = peers_lib.TransformersPeer(spec, stops) if spec.peers else None
+  peer = None  # loaded when a peer cell is left to measure
 
   records = []
   for name, (origins, prompts) in sets.items():
@@ -141,8 +141,9 @@ def run(config) -> EvalResult:
         ar = (report.cells[key], rows)
       records += [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)
                   for origin, row in zip(origins, rows)]
-    for method, k in (peer.methods() if peer else []):
+    for method, k in peers_lib.TransformersPeer.cells(spec):
       if not report.done((name, peers_lib.TRANSFORMERS, method, k)):
+        peer = peer or peers_lib.TransformersPeer(spec, stops)
         cell = peer.run(name, method, k, prompts)
         ours = report.cells[(name, cells_lib.OURS, method, k)]
         peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", 0), cell)

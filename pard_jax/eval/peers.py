@@ -54,9 +54,12 @@ class TransformersPeer:
       self.kwargs.update(temperature=spec.temperature, top_k=spec.top_k or None,
                          top_p=spec.top_p)
 
-  def methods(self) -> list[tuple[str, int]]:
-    """The peer cells: `ar`, and `sd` at each K when the run has an AR drafter."""
-    return [("ar", 0)] + [("sd", k) for k in self.spec.draft_tokens if self.drafter is not None]
+  @staticmethod
+  def cells(spec: EvalSpec) -> list[tuple[str, int]]:
+    """The peer cells of a run: `ar`, and `sd` at each K when the run has `sd` (an AR drafter)."""
+    if not spec.peers:
+      return []
+    return [("ar", 0)] + [("sd", k) for k in spec.draft_tokens if "sd" in spec.methods]
 
   def run(self, prompt_set: str, method: str, k: int, prompts: Sequence[Sequence[int]]
           ) -> CellResult:

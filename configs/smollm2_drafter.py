@@ -1,0 +1,41 @@
+r"""A drafter for SmolLM2-135M-Instruct cut from the target itself, trained on its own answers.
+
+  python distill.py --config=configs/distill.py                                   # the data
+  python train.py --config=configs/smollm2_drafter.py --workdir=/tmp/smollm2_pard  # PARD (COD)
+  python train.py --config=configs/smollm2_drafter.py --workdir=/tmp/smollm2_ar \
+      --config.pard.num_depths=1                                                   # AR drafter
+
+SmolLM2 has no smaller sibling offline, so the drafter keeps four of the target's 30 layers
+(the first three, which read the embeddings, and the last, which writes what the final norm and
+the tied head expect) and shares the embedding, final norm and head, which stay frozen: only the
+kept layers and the mask token's row learn. `pard.num_depths=1` is plain next-token training,
+the AR drafter for `sd` with the same init, data and budget. The mask token is 16
+(`<empty_output>`), see configs/smollm2.py.
+"""
+
+import pathlib
+
+from pard_jax import checkpoints
+from pard_jax import train_loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def get_config():
+  config = train_loop.default_config()
+  config.model.init = str(checkpoints.smollm2_gguf_path())
+  config.model.keep_layers = (0, 1, 2, 29)
+  config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
+  config.data.source = str(ROOT / "data/distill/smollm2_sharegpt.jsonl")
+  config.data.length = 256
+  config.pard.num_depths = 4
+  config.pard.mask_token = 16
+  config.train.trainable = "layers"
+  config.train.batch_size = 8
+  config.train.num_epochs = 4
+  config.train.learning_rate = 3e-4
+  config.train.schedule = "cosine"
+  config.train.warmup_steps = 20
+  config.train.log_every = 10
+  config.train.checkpoint_every = 50
+  return config

@@ -1,0 +1,156 @@
+"""Self-distillation data: the target answers training prompts through our own decoding loop.
+
+The output is ShareGPT-style `.jsonl` that train.py reads as is: one line per prompt,
+`{"id", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}], "finished"}` where
+`finished` says the answer ended at a stop token rather than at `max_new_tokens`. Lines are
+appended batch by batch; a rerun skips the ids already written (a torn last line from a kill is
+dropped first), so an interrupted run loses at most one batch.
+
+Train and evaluation prompts stay apart: sources come from `TRAINING_PROMPT_SETS` or a local
+file, never the evaluation registry, and any prompt whose text equals an MT-Bench, HumanEval or
+GSM8K prompt is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import ml_collections
+from absl import logging
+from tqdm import tqdm
+
+from pard_jax import checkpoints
+from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
+from pard_jax.eval import cells
+from pard_jax.eval import job as eval_job
+from pard_jax.eval import prompts as prompts_lib
+from pard_jax.eval.spec import EvalConfigError, check_writable_file
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.target = ""  # HF directory or .gguf; "" = the SmolLM2-135M-Instruct GGUF
+  c.source = "sharegpt"  # a TRAINING_PROMPT_SETS name or a .jsonl of "prompt" lines
+  c.max_prompts = 1000  # prompts taken from the source (after filtering); 0 = all
+  c.max_prompt_tokens = 256  # longer prompts are skipped
+  c.max_new_tokens = 256
+  c.temperature = 0.0  # 0 = greedy
+  c.top_k = 0
+  c.top_p = 1.0
+  c.seed = 0
+  c.batch_size = 16
+  c.dtype = "float32"
+  c.output = ""  # required: the .jsonl to write (appended on rerun)
+  return c
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise EvalConfigError(f"config.{field}: {message}")
+
+
+def _validate(c: ml_collections.ConfigDict) -> pathlib.Path:
+  for field in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
+    _require(c[field] >= 1, field, f"must be >= 1, got {c[field]}")
+  _require(c.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {c.max_prompts}")
+  _require(c.temperature >= 0, "temperature", f"must be >= 0, got {c.temperature}")
+  _require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
+  _require(c.source in prompts_lib.TRAINING_PROMPT_SETS or c.source.endswith(".jsonl"),
+           "source", f"unknown source {c.source!r}; known: "
+           f"{', '.join(prompts_lib.TRAINING_PROMPT_SETS)}, or a .jsonl file of prompts")
+  _require(bool(c.output), "output", "is required (the .jsonl to write)")
+  output = pathlib.Path(c.output).expanduser()
+  check_writable_file(output, "output")
+  return output
+
+
+def _evaluation_texts() -> set[str]:
+  texts = set()
+  for prompt_set in prompts_lib.PROMPT_SETS.values():
+    try:
+      texts.update(" ".join(p.text.split()) for p in prompt_set.load())
+    except prompts_lib.PromptError as e:  # a set that is not installed cannot leak either
+      logging.warning("cannot check overlap with %s: %s", prompt_set.name, e)
+  return texts
+
+
+def finished_ids(output: pathlib.Path) -> set[str]:
+  """Ids already written; a torn last line (a kill mid-write) is cut off first."""
+  if not output.exists():
+    return set()
+  data = output.read_bytes()
+  if data and not data.endswith(b"\n"):
+    output.write_bytes(data[:data.rfind(b"\n") + 1])
+  return {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
+
+
+def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
+  """Distinct source prompts that fit and are no evaluation prompt, ordered by length (rows of
+  a batch then finish at similar times)."""
+  source = (prompts_lib.TRAINING_PROMPT_SETS.get(c.source)
+            or prompts_lib.JsonlFile(pathlib.Path(c.source).expanduser()))
+  held_out, seen = _evaluation_texts(), set()
+  chosen, overlap = [], 0
+  for prompt in source.load():
+    if prompt.text is None:
+      raise prompts_lib.PromptError(f"{prompt.origin}: distillation needs \"prompt\" text")
+    text = " ".join(prompt.text.split())
+    if text in held_out:
+      overlap += 1
+      continue
+    if text.lower() in seen:  # ShareGPT repeats "hi" and the like: one answer is enough
+      continue
+    seen.add(text.lower())
+    ids = prompt.token_ids(tokenizer, chat_template=True)
+    if len(ids) <= c.max_prompt_tokens:
+      chosen.append((prompt, ids))
+    if c.max_prompts and len(chosen) == c.max_prompts:
+      break
+  logging.info("%d prompts chosen; %d dropped as evaluation prompts", len(chosen), overlap)
+  return sorted(chosen, key=lambda pair: len(pair[1]))
+
+
+def run(c: ml_collections.ConfigDict) -> pathlib.Path:
+  """Writes (or completes) the distilled `.jsonl`; returns its path."""
+  output = _validate(c)
+  target_path = pathlib.Path(c.target).expanduser() if c.target else checkpoints.smollm2_gguf_path()
+  tokenizer = checkpoints.load_tokenizer(target_path)
+  chosen = select_prompts(c, tokenizer)
+  done = finished_ids(output)
+  todo = [(p, ids) for p, ids in chosen if p.origin not in done]
+  logging.info("%d of %d prompts already in %s", len(chosen) - len(todo), len(chosen), output)
+  if not todo:
+    return output
+  target_hf = checkpoints.load_hf_config(target_path)
+  stops = eval_job.stop_ids(target_path, target_hf, tokenizer)
+  decoder = SpeculativeDecoder(
+      checkpoints.load_model(target_path, dtype=c.dtype), None,
+      DecodeConfig(method="ar", max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                   top_k=c.top_k, top_p=c.top_p, stop_token_ids=stops))
+  # One prompt width for the whole run: one compilation.
+  width = cells.prompt_width(decoder, max(len(ids) for _, ids in chosen))
+  tokens, seconds = 0, 0.0
+  with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="distill",
+            unit="prompt") as bar, open(output, "a") as f:
+    for start, batch, padded in cells.padded_batches(todo, c.batch_size):
+      began = time.perf_counter()
+      result = decoder.generate([ids for _, ids in padded], seed=c.seed + len(done) + start,
+                                prompt_len=width)
+      lines = []
+      for (prompt, _), answer in zip(batch, result.output_ids):
+        finished = bool(answer) and answer[-1] in stops
+        lines.append(json.dumps({
+            "id": prompt.origin, "finished": finished,
+            "conversations": [{"from": "human", "value": prompt.text},
+                              {"from": "gpt", "value": tokenizer.decode(
+                                  answer, skip_special_tokens=True)}]}))
+        tokens += len(answer)
+      f.write("".join(line + "\n" for line in lines))
+      f.flush()
+      seconds += time.perf_counter() - began
+      bar.update(len(batch))
+      bar.set_postfix(tok_s=f"{tokens / seconds:.0f}")
+  return output
+
