@@ -5,10 +5,11 @@ r"""A drafter for SmolLM2-135M-Instruct cut from the target itself, trained on i
   python train.py --config=configs/smollm2_drafter.py --workdir=/tmp/smollm2_ar \
       --config.pard.num_depths=1                                                   # AR drafter
 
-SmolLM2 has no smaller sibling offline, so the drafter keeps four of the target's 30 layers
-(the first three, which read the embeddings, and the last, which writes what the final norm and
-the tied head expect) and shares the embedding, final norm and head, which stay frozen: only the
-kept layers and the mask token's row learn. `pard.num_depths=1` is plain next-token training,
+SmolLM2 has no smaller sibling offline, so the drafter keeps the target's first four of 30
+layers and shares the embedding, final norm and head, which stay frozen: only the kept layers
+and the mask token's row learn. Untrained, on 4 rows of the distilled data (next-token loss /
+accuracy; all 30 layers: 1.37 / 0.718): layers 0-3 give 15.1 / 0.049, 0-5 15.6 / 0.045, and
+(0, 1, 2, 29) 20.5 / 0.000: the last layer does not fit an early residual stream. `pard.num_depths=1` is plain next-token training,
 the AR drafter for `sd` with the same init, data and budget. The mask token is 16
 (`<empty_output>`), see configs/smollm2.py.
 """
@@ -24,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def get_config():
   config = train_loop.default_config()
   config.model.init = str(checkpoints.smollm2_gguf_path())
-  config.model.keep_layers = (0, 1, 2, 29)
+  config.model.keep_layers = (0, 1, 2, 3)
   config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
   config.data.source = str(ROOT / "data/distill/smollm2_sharegpt.jsonl")
   config.data.length = 256

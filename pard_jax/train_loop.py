@@ -338,7 +338,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   pard = training.PardConfig(
       counts=layout_lib.cod_counts(config.data.length, config.pard.num_depths, config.pard.r,
                                    config.pard.r_min),
-      mask_token=config.pard.mask_token)
+      mask_token=config.pard.mask_token, frozen_head=config.train.trainable == "layers")
   batches = data_lib.BatchIterator(rows, config.train.batch_size, config.data.seed,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())

@@ -97,6 +97,9 @@ class PardConfig:
   """Static description of the layout: kept slots per depth and the shared mask token."""
   counts: tuple[int, ...]
   mask_token: int
+  # The head is frozen (`trainable="layers"`): skip its weight gradient, the costliest matmul
+  # of a small drafter's step (vocab x hidden per slot); hidden states still get theirs.
+  frozen_head: bool = False
 
   @property
   def num_depths(self) -> int:
@@ -114,7 +117,10 @@ def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
   mask_BxSxS = layout_lib.attention_mask(layout["depths"], layout["positions"],
                                          layout["segment_ids"])
   model = nnx.merge(graphdef, params)
-  logits_BxSxV, _ = model(layout["tokens"], layout["positions"], attn_mask_BxSxT=mask_BxSxS)
+  hidden_BxSxD, _ = model.backbone(layout["tokens"], layout["positions"],
+                                   attn_mask_BxSxT=mask_BxSxS)
+  head = nnx.merge(graphdef, jax.lax.stop_gradient(params)) if pard.frozen_head else model
+  logits_BxSxV = head.logits(hidden_BxSxD)
   labels_BxS, weights_BxS = layout["labels"], layout["weights"]
   nll_BxS = optax.softmax_cross_entropy_with_integer_labels(logits_BxSxV, labels_BxS)
   correct_BxS = (jnp.argmax(logits_BxSxV, axis=-1) == labels_BxS).astype(jnp.float32)

@@ -57,27 +57,37 @@ def run_steps(mesh, accum_steps=1, steps=2):
   return state, jax.device_get(metrics)
 
 
-def test_frozen_shared_tensors_keep_their_values_but_the_mask_row():
-  model = create_model(CONFIG.replace(tie_word_embeddings=False), seed=0)
+def frozen_run(tied: bool, frozen_head: bool):
+  """(params before, after) 3 steps with the shared tensors frozen (mask token 5)."""
+  model = create_model(CONFIG.replace(tie_word_embeddings=tied), seed=0)
   graphdef, params = nnx.split(model)
   optimizer = training.make_optimizer(training.OptimizerConfig(
       learning_rate=1e-2, weight_decay=0.1, total_steps=10), trainable="layers", mask_token=5)
-  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_token=5)
+  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_token=5,
+                             frozen_head=frozen_head)
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
   step = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding)
   batch = packed_batch([[24], [10, 14]], 24, seed=1, vocab=96)
   for _ in range(3):
     state, _ = step(state, batch, jax.random.key(3))
-  before, after = jax.device_get(params), jax.device_get(state["params"])
+  return jax.device_get(params), jax.device_get(state["params"])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
+  before, after = frozen_run(tied, frozen_head=True)
   changed = lambda get: not np.array_equal(get(before), get(after))
   embedding = lambda p: p["embed_tokens"]["embedding"]
   assert not np.array_equal(embedding(before)[5], embedding(after)[5])  # the mask row learns
   np.testing.assert_array_equal(np.delete(embedding(before), 5, 0),
                                 np.delete(embedding(after), 5, 0))
   assert not changed(lambda p: p["norm"]["weight"])
-  assert not changed(lambda p: p["lm_head"]["kernel"])
+  assert tied or not changed(lambda p: p["lm_head"]["kernel"])
   assert changed(lambda p: p["layers"][1]["mlp"]["up_proj"]["kernel"])
+  if not tied:  # skipping the frozen head's weight gradient changes nothing else
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 after, frozen_run(tied, frozen_head=False)[1])
   with pytest.raises(ValueError, match="unknown trainable 'heads'"):
     training.make_optimizer(training.OptimizerConfig(), trainable="heads")
 
