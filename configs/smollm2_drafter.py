@@ -9,9 +9,9 @@ SmolLM2 has no smaller sibling offline, so the drafter keeps the target's first 
 layers and shares the embedding, final norm and head, which stay frozen: only the kept layers
 and the mask token's row learn. Untrained, on 4 rows of the distilled data (next-token loss /
 accuracy; all 30 layers: 1.37 / 0.718): layers 0-3 give 15.1 / 0.049, 0-5 15.6 / 0.045, and
-(0, 1, 2, 29) 20.5 / 0.000: the last layer does not fit an early residual stream. `pard.num_depths=1` is plain next-token training,
-the AR drafter for `sd` with the same init, data and budget. The mask token is 16
-(`<empty_output>`), see configs/smollm2.py.
+(0, 1, 2, 29) 20.5 / 0.000: the last layer does not fit an early residual stream.
+`pard.num_depths=1` is plain next-token training, the AR drafter for `sd` with the same init,
+data and budget. The mask token is 16 (`<empty_output>`), see configs/smollm2.py.
 """
 
 import pathlib

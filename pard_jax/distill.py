@@ -26,7 +26,7 @@ from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.eval import cells
 from pard_jax.eval import job as eval_job
 from pard_jax.eval import prompts as prompts_lib
-from pard_jax.eval.spec import EvalConfigError, check_writable_file
+from pard_jax.eval.spec import check_writable_file, require
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -46,21 +46,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _require(ok: bool, field: str, message: str) -> None:
-  if not ok:
-    raise EvalConfigError(f"config.{field}: {message}")
-
-
 def _validate(c: ml_collections.ConfigDict) -> pathlib.Path:
   for field in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
-    _require(c[field] >= 1, field, f"must be >= 1, got {c[field]}")
-  _require(c.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {c.max_prompts}")
-  _require(c.temperature >= 0, "temperature", f"must be >= 0, got {c.temperature}")
-  _require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
-  _require(c.source in prompts_lib.TRAINING_PROMPT_SETS or c.source.endswith(".jsonl"),
+    require(c[field] >= 1, field, f"must be >= 1, got {c[field]}")
+  require(c.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {c.max_prompts}")
+  require(c.temperature >= 0, "temperature", f"must be >= 0, got {c.temperature}")
+  require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
+  require(c.source in prompts_lib.TRAINING_PROMPT_SETS or c.source.endswith(".jsonl"),
            "source", f"unknown source {c.source!r}; known: "
            f"{', '.join(prompts_lib.TRAINING_PROMPT_SETS)}, or a .jsonl file of prompts")
-  _require(bool(c.output), "output", "is required (the .jsonl to write)")
+  require(bool(c.output), "output", "is required (the .jsonl to write)")
   output = pathlib.Path(c.output).expanduser()
   check_writable_file(output, "output")
   return output

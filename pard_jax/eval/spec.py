@@ -25,7 +25,8 @@ class EvalConfigError(DecodeError):
   """A decode.py config value is invalid; the message names the field."""
 
 
-def _require(ok: bool, field: str, message: str) -> None:
+def require(ok: bool, field: str, message: str) -> None:
+  """Raises an `EvalConfigError` naming `config.<field>` unless `ok`."""
   if not ok:
     raise EvalConfigError(f"config.{field}: {message}")
 
@@ -35,13 +36,13 @@ def _is_int(value) -> bool:
 
 
 def _names(value, field: str) -> tuple[str, ...]:
-  _require(isinstance(value, str), field, f"must be comma-separated names, got {value!r}")
+  require(isinstance(value, str), field, f"must be comma-separated names, got {value!r}")
   return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
 def check_writable_file(path: pathlib.Path, field: str) -> None:
   """Fails now, not after hours of decoding, when `path` cannot be written."""
-  _require(not path.is_dir(), field, f"{path} is a directory; give a file path")
+  require(not path.is_dir(), field, f"{path} is a directory; give a file path")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write_check_"):
@@ -97,32 +98,32 @@ class EvalSpec:
   def from_config(cls, config) -> "EvalSpec":
     c = config
     methods = _names(c.method, "method")
-    _require(bool(methods), "method", f"is empty; choose from {', '.join(METHODS)}")
+    require(bool(methods), "method", f"is empty; choose from {', '.join(METHODS)}")
     for method in methods:
-      _require(method in METHODS, "method",
+      require(method in METHODS, "method",
                f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    _require(len(set(methods)) == len(methods), "method", f"lists a method twice: {c.method!r}")
+    require(len(set(methods)) == len(methods), "method", f"lists a method twice: {c.method!r}")
     ks = (c.num_draft_tokens,) if _is_int(c.num_draft_tokens) else tuple(c.num_draft_tokens)
-    _require(bool(ks) and all(_is_int(k) and 1 <= k <= MAX_DRAFT_TOKENS for k in ks),
+    require(bool(ks) and all(_is_int(k) and 1 <= k <= MAX_DRAFT_TOKENS for k in ks),
              "num_draft_tokens", f"must be integers in [1, {MAX_DRAFT_TOKENS}] (e.g. 4 or "
              f"2,4,8), got {c.num_draft_tokens!r}")
-    _require(len(set(ks)) == len(ks), "num_draft_tokens", f"lists a value twice: {ks}")
+    require(len(set(ks)) == len(ks), "num_draft_tokens", f"lists a value twice: {ks}")
     for field in ("max_new_tokens", "batch_size"):
-      _require(_is_int(c[field]) and c[field] >= 1, field, f"must be an integer >= 1, got "
+      require(_is_int(c[field]) and c[field] >= 1, field, f"must be an integer >= 1, got "
                f"{c[field]!r}")
     for field in ("max_prompts", "cache_len", "top_k"):
-      _require(_is_int(c[field]) and c[field] >= 0, field, f"must be an integer >= 0 (0 = off), "
+      require(_is_int(c[field]) and c[field] >= 0, field, f"must be an integer >= 0 (0 = off), "
                f"got {c[field]!r}")
-    _require(c.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {c.temperature}")
-    _require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
-    _require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
+    require(c.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {c.temperature}")
+    require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
+    require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
     mask_ids, stop_ids = tuple(c.mask_token_ids), c.stop_token_ids
     for field, ids in (("mask_token_ids", mask_ids), ("stop_token_ids", stop_ids or ())):
-      _require(all(_is_int(i) and i >= 0 for i in ids), field,
+      require(all(_is_int(i) and i >= 0 for i in ids), field,
                f"must be token ids (integers >= 0), got {ids!r}")
     peers = _names(c.peers, "peers")
     for peer in peers:
-      _require(peer in PEERS, "peers", f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
+      require(peer in PEERS, "peers", f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
 
     target = pathlib.Path(c.target).expanduser() if c.target else None
     if target is None:
@@ -130,12 +131,12 @@ class EvalSpec:
         target = checkpoints.smollm2_gguf_path()
       except FileNotFoundError as e:
         raise EvalConfigError(f"config.target: empty, and the default target is missing: {e}")
-    _require(target.exists(), "target", f"{target} does not exist (a HF directory or .gguf)")
+    require(target.exists(), "target", f"{target} does not exist (a HF directory or .gguf)")
     drafter = pathlib.Path(c.drafter).expanduser() if c.drafter else None
     if any(m != "ar" for m in methods):
-      _require(drafter is not None, "drafter", f"method(s) {[m for m in methods if m != 'ar']} "
+      require(drafter is not None, "drafter", f"method(s) {[m for m in methods if m != 'ar']} "
                "need a drafter (HF directory or .gguf)")
-      _require(drafter.exists(), "drafter", f"{drafter} does not exist")
+      require(drafter.exists(), "drafter", f"{drafter} does not exist")
     try:
       sets = tuple(prompts_lib.resolve(c.prompts))
     except prompts_lib.PromptError as e:
