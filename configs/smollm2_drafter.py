@@ -26,6 +26,7 @@ def get_config():
   config = train_loop.default_config()
   config.model.init = str(checkpoints.smollm2_gguf_path())
   config.model.keep_layers = (0, 1, 2, 3)
+  config.model.draft_vocab_size = 8192
   config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
   config.data.source = str(ROOT / "data/distill/smollm2_sharegpt.jsonl")
   config.data.length = 256
@@ -33,7 +34,7 @@ def get_config():
   config.pard.mask_token = 16
   config.train.trainable = "layers"
   config.train.batch_size = 8
-  config.train.num_epochs = 4
+  config.train.num_epochs = 2
   config.train.learning_rate = 3e-4
   config.train.schedule = "cosine"
   config.train.warmup_steps = 20

@@ -48,6 +48,10 @@ class ModelConfig:
   # Extra config.json fields of published PARD drafters.
   pard_token: int | None = None
   spd_type: str | None = None
+  # A drafter's head restricted to these token ids (ascending): its logits are -inf elsewhere,
+  # so it never proposes another token and verification stays exact (`config.json`
+  # "draft_vocab"). None: the whole vocabulary.
+  draft_vocab: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
   # Remaining HF fields (bos/eos ids, ...) carried through to the exported config.json.
   extra_hf_fields: tuple[tuple[str, Any], ...] = ()
 
@@ -75,6 +79,13 @@ class ModelConfig:
     if self.pard_token is not None and not 0 <= self.pard_token < self.vocab_size:
       raise ConfigError(f"pard_token {self.pard_token} is outside the vocabulary "
                         f"[0, {self.vocab_size})")
+
+    if self.draft_vocab is not None:
+      ids = np.asarray(self.draft_vocab)
+      if (ids.ndim != 1 or not len(ids) or not np.issubdtype(ids.dtype, np.integer)
+          or np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= self.vocab_size):
+        raise ConfigError(f"draft_vocab must be ascending distinct token ids in "
+                          f"[0, {self.vocab_size}), got {len(ids)} values")
 
   def replace(self, **changes) -> ModelConfig:
     return dataclasses.replace(self, **changes)
@@ -137,7 +148,7 @@ class ModelConfig:
         "rope_parameters", "rms_norm_eps", "tie_word_embeddings", "attention_bias",
         "max_position_embeddings", "pard_token", "spd_type", "torch_dtype", "dtype",
         "hidden_act", "architectures", "transformers_version", "use_sliding_window",
-        "mlp_bias", "layer_types", "use_cache", "_name_or_path",
+        "mlp_bias", "layer_types", "use_cache", "_name_or_path", "draft_vocab",
     }
     extra = tuple(sorted((k, _freeze(v)) for k, v in hf.items() if k not in known))
     fields = dict(
@@ -158,6 +169,7 @@ class ModelConfig:
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         pard_token=hf.get("pard_token"),
         spd_type=hf.get("spd_type"),
+        draft_vocab=tuple(hf["draft_vocab"]) if hf.get("draft_vocab") else None,
         extra_hf_fields=extra,
     )
     fields.update(overrides)
@@ -193,6 +205,8 @@ class ModelConfig:
       hf["pard_token"] = self.pard_token
     if self.spd_type is not None:
       hf["spd_type"] = self.spd_type
+    if self.draft_vocab is not None:
+      hf["draft_vocab"] = list(self.draft_vocab)
     return hf
 
 

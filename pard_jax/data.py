@@ -234,6 +234,13 @@ def pack(docs: Sequence[tuple[np.ndarray, np.ndarray]], length: int, seed: int,
   return PackedRows(tokens, positions, segment_ids, labels, weights)
 
 
+def frequent_tokens(rows: PackedRows, size: int, vocab_size: int) -> tuple[int, ...]:
+  """The `size` most frequent token ids of the rows' documents (ties: lower id), ascending."""
+  counts_V = np.bincount(rows.tokens[rows.segment_ids > 0].ravel(), minlength=vocab_size)
+  ranked = np.argsort(-counts_V[:vocab_size], kind="stable")
+  return tuple(int(i) for i in np.sort(ranked[:size]))
+
+
 @dataclasses.dataclass
 class BatchIterator:
   """Seeded batches over an endless sequence of epochs; `position` (batches consumed) is the state.

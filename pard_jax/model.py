@@ -10,6 +10,12 @@ named by their positions and a query at position p sees exactly slots 0..p. Roll
 rejected tokens therefore needs no copy: the next forward simply overwrites their slots.
 Callers must keep slots 0..p-1 valid before querying at position p (decoding keeps per-row
 lengths for that); writes at positions >= the cache length are dropped.
+
+Shape suffixes, one letter per dimension:
+  B batch            S query tokens       T key / cache slots    D hidden width
+  V vocabulary       R restricted draft vocabulary (`ModelConfig.draft_vocab`)
+  N query heads      K key/value heads    G query heads per key/value head
+  H head dim         F rotary frequencies (H / 2)
 """
 
 from __future__ import annotations
@@ -53,12 +59,12 @@ class RMSNorm(nnx.Module):
     return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def apply_rope(x_BxSxHxD, positions_BxS, inv_freq_F):
+def apply_rope(x_BxSxNxH, positions_BxS, inv_freq_F):
   """Rotary embedding in the half-split (`rotate_half`) layout of HF checkpoints."""
   angles_BxSxF = positions_BxS[..., None].astype(jnp.float32) * inv_freq_F
-  cos = jnp.cos(angles_BxSxF)[:, :, None, :].astype(x_BxSxHxD.dtype)
-  sin = jnp.sin(angles_BxSxF)[:, :, None, :].astype(x_BxSxHxD.dtype)
-  x1, x2 = jnp.split(x_BxSxHxD, 2, axis=-1)
+  cos = jnp.cos(angles_BxSxF)[:, :, None, :].astype(x_BxSxNxH.dtype)
+  sin = jnp.sin(angles_BxSxF)[:, :, None, :].astype(x_BxSxNxH.dtype)
+  x1, x2 = jnp.split(x_BxSxNxH, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
@@ -68,10 +74,10 @@ def _dense(in_dim, out_dim, config, rngs, use_bias=False):
                     kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
-def _write_cache(buf_BxTxKxD, new_BxSxKxD, positions_BxS):
-  batch_idx = jnp.arange(buf_BxTxKxD.shape[0])[:, None]
-  return buf_BxTxKxD.at[batch_idx, positions_BxS].set(
-      new_BxSxKxD.astype(buf_BxTxKxD.dtype), mode="drop")
+def _write_cache(buf_BxTxKxH, new_BxSxKxH, positions_BxS):
+  batch_idx = jnp.arange(buf_BxTxKxH.shape[0])[:, None]
+  return buf_BxTxKxH.at[batch_idx, positions_BxS].set(
+      new_BxSxKxH.astype(buf_BxTxKxH.dtype), mode="drop")
 
 
 class Attention(nnx.Module):
@@ -178,11 +184,34 @@ class Transformer(nnx.Module):
     new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
     return self.norm(x), new_cache
 
-  def logits(self, hidden_BxSxD):
-    """Float32 logits `[batch, seq, vocab]`."""
+  def head_logits(self, hidden_BxSxD):
+    """Float32 logits over the head's vocabulary: `[batch, seq, R]`, R = len(draft_vocab) or V.
+
+    A restricted head multiplies by only its R rows of the (tied or untied) output matrix:
+    for a small drafter the V-row head is most of the cost of a forward.
+    """
+    ids = self.config.draft_vocab
+    if ids is None:
+      if self.lm_head is None:
+        return self.embed_tokens.attend(hidden_BxSxD).astype(jnp.float32)
+      return self.lm_head(hidden_BxSxD).astype(jnp.float32)
+    ids_R = jnp.asarray(ids, jnp.int32)
     if self.lm_head is None:
-      return self.embed_tokens.attend(hidden_BxSxD).astype(jnp.float32)
-    return self.lm_head(hidden_BxSxD).astype(jnp.float32)
+      table_RxD = self.embed_tokens.embedding[...][ids_R]
+    else:
+      table_RxD = self.lm_head.kernel[...][:, ids_R].T
+    dtype = jnp.dtype(self.config.dtype)
+    return jnp.einsum("bsd,rd->bsr", hidden_BxSxD.astype(dtype),
+                      table_RxD.astype(dtype)).astype(jnp.float32)
+
+  def logits(self, hidden_BxSxD):
+    """Float32 logits `[batch, seq, vocab]`; -inf outside a restricted head's vocabulary."""
+    logits_BxSxR = self.head_logits(hidden_BxSxD)
+    if self.config.draft_vocab is None:
+      return logits_BxSxR
+    full_BxSxV = jnp.full(logits_BxSxR.shape[:-1] + (self.config.vocab_size,), -jnp.inf,
+                          jnp.float32)
+    return full_BxSxV.at[..., jnp.asarray(self.config.draft_vocab)].set(logits_BxSxR)
 
   def __call__(self, tokens_BxS, positions_BxS, cache: KVCache | None = None,
                attn_mask_BxSxT=None):

@@ -106,6 +106,17 @@ class PardConfig:
     return len(self.counts)
 
 
+def head_labels(config, labels_BxS, weights_BxS):
+  """Labels as indices into the head's vocabulary. A restricted head cannot predict tokens
+  outside `draft_vocab`: those slots carry no loss and do not count."""
+  if config.draft_vocab is None:
+    return labels_BxS, weights_BxS
+  index_V = np.full(config.vocab_size, -1, np.int32)
+  index_V[list(config.draft_vocab)] = np.arange(len(config.draft_vocab))
+  index_BxS = jnp.asarray(index_V)[labels_BxS]
+  return jnp.maximum(index_BxS, 0), weights_BxS * (index_BxS >= 0).astype(weights_BxS.dtype)
+
+
 def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
                  row_keys_B: jax.Array, pard: PardConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed weighted cross-entropy over the layout, and per-depth sums `[K]`.
@@ -120,10 +131,10 @@ def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
   hidden_BxSxD, _ = model.backbone(layout["tokens"], layout["positions"],
                                    attn_mask_BxSxT=mask_BxSxS)
   head = nnx.merge(graphdef, jax.lax.stop_gradient(params)) if pard.frozen_head else model
-  logits_BxSxV = head.logits(hidden_BxSxD)
-  labels_BxS, weights_BxS = layout["labels"], layout["weights"]
-  nll_BxS = optax.softmax_cross_entropy_with_integer_labels(logits_BxSxV, labels_BxS)
-  correct_BxS = (jnp.argmax(logits_BxSxV, axis=-1) == labels_BxS).astype(jnp.float32)
+  logits_BxSxR = head.head_logits(hidden_BxSxD)
+  labels_BxS, weights_BxS = head_labels(model.config, layout["labels"], layout["weights"])
+  nll_BxS = optax.softmax_cross_entropy_with_integer_labels(logits_BxSxR, labels_BxS)
+  correct_BxS = (jnp.argmax(logits_BxSxR, axis=-1) == labels_BxS).astype(jnp.float32)
   onehot_SxK = jnp.asarray(np.eye(pard.num_depths, dtype=np.float32)[
       layout_lib.slot_depths(pard.counts)])
   per_depth = lambda x_BxS: jnp.einsum("bs,sk->k", x_BxS * weights_BxS, onehot_SxK)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from pard_jax import checkpoints, sampling
@@ -170,6 +171,21 @@ def test_drafter_with_padded_vocabulary(drafter_vocab, method):
     decode(target, drafter, prompts, method="sd", shared_vocab_size=41)
 
 
+@pytest.mark.parametrize("method", ["sd", "pard"])
+def test_restricted_draft_vocabulary_stays_exact(method):
+  target, drafter = tiny_pair(2)
+  drafter = nnx.clone(drafter)  # tiny_pair's models are shared between tests
+  prompts = [[1, 2, 3], [30, 31], [7]]
+  ar = decode(target, None, prompts, max_new_tokens=12)
+  # Every even id and all but two of the tokens the target emits: some drafts cannot match.
+  used = sorted({t for ids in ar.output_ids for t in ids})
+  drafter.config = drafter.config.replace(
+      draft_vocab=tuple(sorted(set(range(0, TINY.vocab_size, 2)) | set(used[:-2]))))
+  spec = decode(target, drafter, prompts, method=method, num_draft_tokens=3, max_new_tokens=12)
+  assert spec.output_ids == ar.output_ids
+  assert max(max(a) for a in spec.accept_lengths) > 1
+
+
 def test_mask_token_resolution():
   assert mask_token_ids("pard", 4, {"pard_token": 9, "spd_type": "pard"}) == (9, 9, 9)
   assert mask_token_ids("pard", 4, {}, override=(5,)) == (5, 5, 5)
@@ -242,8 +258,9 @@ def chi_square_pvalue(samples, expected_probs):
   return scipy.stats.chisquare(observed[keep], expected[keep]).pvalue
 
 
-def _draw(method, top_k, seed=0):
+def _draw(method, top_k, seed=0, draft_vocab=None):
   target, drafter = _peaked(0), _peaked(1)
+  drafter.config = drafter.config.replace(draft_vocab=draft_vocab)
   prompt = [1, 3]
   result = decode(target, drafter, [prompt] * SAMPLES, seed=seed, method=method,
                   num_draft_tokens=2, max_new_tokens=STEPS, temperature=1.0, top_k=top_k,
@@ -251,9 +268,11 @@ def _draw(method, top_k, seed=0):
   return np.asarray(result.output_ids), exact_distribution(target, prompt, top_k)
 
 
-@pytest.mark.parametrize("method, top_k", [("sd", 0), ("pard", 0), ("sd", 3), ("pard", 3)])
-def test_sampling_preserves_target_distribution(method, top_k):
-  samples, exact = _draw(method, top_k)
+@pytest.mark.parametrize("method, top_k, draft_vocab", [
+    ("sd", 0, None), ("pard", 0, None), ("sd", 3, None), ("pard", 3, None),
+    ("sd", 0, (0, 2, 3)), ("pard", 0, (1, 4))])  # restricted heads: q = 0 on other tokens
+def test_sampling_preserves_target_distribution(method, top_k, draft_vocab):
+  samples, exact = _draw(method, top_k, draft_vocab=draft_vocab)
   assert samples.shape == (SAMPLES, STEPS)
   assert chi_square_pvalue(samples, exact) > 1e-3
 

@@ -98,7 +98,26 @@ def test_bfloat16_compute_is_close_to_float32():
     (dict(vocab_size=0), "vocab_size must be a positive integer"),
     (dict(model_type="gpt2"), "unsupported model_type"),
     (dict(pard_token=999), "outside the vocabulary"),
+    (dict(draft_vocab=(3, 2)), "draft_vocab must be ascending"),
+    (dict(draft_vocab=(0, 256)), "draft_vocab must be ascending"),
+    (dict(draft_vocab=()), "draft_vocab must be ascending"),
 ])
 def test_bad_config_values_are_rejected(bad, message):
   with pytest.raises(ConfigError, match=message):
     ModelConfig(**bad)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_restricted_head_keeps_its_tokens_logits_and_round_trips(tied, tmp_path):
+  config = ModelConfig(vocab_size=64, tie_word_embeddings=tied)
+  model = create_model(config, 0)
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 64, (2, 7)))
+  full, _ = model(tokens, _positions(2, 0, 7))
+  ids = (1, 5, 6, 40, 63)
+  model.config = config.replace(draft_vocab=ids)
+  restricted, _ = model(tokens, _positions(2, 0, 7))
+  np.testing.assert_allclose(restricted[..., ids], full[..., ids], atol=1e-5)
+  outside = np.setdiff1d(np.arange(64), ids)
+  assert np.all(np.isneginf(np.asarray(restricted[..., outside])))
+  checkpoints.save_hf(model, tmp_path)
+  assert checkpoints.load_model(tmp_path).config.draft_vocab == ids

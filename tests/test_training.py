@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, layout, sharding, train_loop, training
+from pard_jax import checkpoints, data, layout, sharding, train_loop, training
 from pard_jax.config import ModelConfig
 from pard_jax.eval import job
 from pard_jax.model import create_model
@@ -92,6 +92,27 @@ def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
     training.make_optimizer(training.OptimizerConfig(), trainable="heads")
 
 
+def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
+  batch = packed_batch([[24], [24]], 24, seed=2, vocab=96)
+  ids = data.frequent_tokens(data.PackedRows(**batch), 40, CONFIG.vocab_size)
+  counts = np.bincount(batch["tokens"][batch["segment_ids"] > 0], minlength=96)
+  assert len(ids) == 40 and min(counts[list(ids)]) >= max(np.delete(counts, ids))
+  model = create_model(CONFIG, seed=0)
+  full_logits, _ = model(batch["tokens"], batch["positions"])  # one depth, one doc a row
+  model.config = CONFIG.replace(draft_vocab=ids)
+  graphdef, params = nnx.split(model)
+  keys = jax.random.split(jax.random.key(0), 2)
+  pard = training.PardConfig(counts=(24,), mask_token=5)
+  loss, stats = training.layout_stats(params, graphdef, batch, keys, pard)
+
+  logp = jax.nn.log_softmax(np.asarray(full_logits)[..., list(ids)], axis=-1)
+  index = {t: i for i, t in enumerate(ids)}
+  inside = np.vectorize(index.__contains__)(batch["labels"]) & (batch["weights"] > 0)
+  picked = [-logp[r, s, index[batch["labels"][r, s]]] for r, s in zip(*np.nonzero(inside))]
+  np.testing.assert_allclose(loss, np.sum(picked), rtol=1e-5)
+  assert stats["count"][0] == inside.sum() < batch["weights"].sum()
+
+
 def test_sharded_step_matches_single_device():
   single, single_metrics = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   sharded, sharded_metrics = run_steps(sharding.make_mesh((2, 2, 2)))
@@ -130,6 +151,7 @@ def test_gradient_accumulation_matches_full_batch():
     ("train.grad_accum_steps", 3, "config.train.grad_accum_steps"),
     ("train.learning_rate", 0.0, "config.train.learning_rate"),
     ("model.dtype", "int8", "config.model.dtype"),
+    ("model.draft_vocab_size", -1, "config.model.draft_vocab_size"),
     ("tokenizer", "/no/such/tokenizer", "config.tokenizer"),
     ("model.init", "/no/such/model", "config.model.init"),
 ])
