@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import struct
+import sysconfig
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -321,19 +322,27 @@ def load_model(path: str | os.PathLike, *, dtype: str | None = None,
                             f"of {path}")
     overrides["num_layers"] = len(keep_layers)
   config = load_config(path, **overrides)
-  if path.suffix == ".gguf":
-    gguf, reader = _gguf_reader(path)
-    fetch = _gguf_fetcher(gguf, reader, config)
-  else:
-    weights = read_hf_weights(path)
-
-    def fetch(name):
-      if name not in weights:
-        raise CheckpointError(f"{path} lacks tensor {name!r}")
-      return weights[name]
+  fetch = _fetcher(path, config)
   if keep_layers:
     fetch = _renumber_layers(fetch, keep_layers)
   return _fill_state(abstract_model(config), fetch, mesh)
+
+
+def _fetcher(path: pathlib.Path, config: ModelConfig) -> Callable[[str], np.ndarray]:
+  """HF tensor name -> array, from a `.gguf` file, a HF directory or a delta directory."""
+  if path.suffix == ".gguf":
+    gguf, reader = _gguf_reader(path)
+    return _gguf_fetcher(gguf, reader, config)
+  delta = load_hf_config(path).get(DELTA_FIELD)
+  if delta is not None:
+    return _delta_fetcher(path, delta, config)
+  weights = read_hf_weights(path)
+
+  def fetch(name):
+    if name not in weights:
+      raise CheckpointError(f"{path} lacks tensor {name!r}")
+    return weights[name]
+  return fetch
 
 
 def _renumber_layers(fetch: Callable[[str], np.ndarray], keep_layers: Sequence[int]):
@@ -344,6 +353,102 @@ def _renumber_layers(fetch: Callable[[str], np.ndarray], keep_layers: Sequence[i
       name = f"model.layers.{keep_layers[int(layer)]}.{rest}"
     return fetch(name)
   return renumbered
+
+
+# ----------------------------------------------------------------------------- deltas
+#
+# A drafter cut from its target and trained with the shared tensors frozen differs from the
+# target only in its kept layers and the mask row. A delta directory stores just that:
+# `config.json` (the drafter's own, plus DELTA_FIELD naming the base checkpoint and the layers
+# it was cut to) and `model.safetensors` holding every tensor that differs from the base, or,
+# for a tensor where few rows differ, those rows (`<name>:rows`, `<name>:row_ids`). Loading
+# fills the rest from the base, so the drafter is the same model with a fraction of the bytes.
+
+DELTA_FIELD = "pard_jax_delta"
+_PACKAGE_PREFIX = "package:"
+
+
+def _package_dirs() -> list[pathlib.Path]:
+  paths = sysconfig.get_paths()
+  return [pathlib.Path(paths[key]).resolve() for key in ("purelib", "platlib")]
+
+
+def _base_reference(base: pathlib.Path) -> str:
+  """`package:<dir>/<file>` for a file inside an installed package (portable), else the path."""
+  base = base.resolve()
+  for entry in _package_dirs():
+    if base.is_relative_to(entry):
+      return _PACKAGE_PREFIX + str(base.relative_to(entry))
+  return str(base)
+
+
+def _resolve_base(reference: str, delta_dir: pathlib.Path) -> pathlib.Path:
+  if reference.startswith(_PACKAGE_PREFIX):
+    relative = reference[len(_PACKAGE_PREFIX):]
+    for entry in _package_dirs():
+      if (entry / relative).exists():
+        return entry / relative
+    raise CheckpointError(f"{delta_dir} is a delta over {relative!r} from an installed package, "
+                          f"which is not installed here (see README.md: Setup)")
+  base = delta_dir / reference  # an absolute reference stays absolute
+  if not base.exists():
+    raise CheckpointError(f"{delta_dir} is a delta over {reference!r}, which does not exist")
+  return base
+
+
+def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.PathLike,
+               keep_layers: Sequence[int] = (), dtype: str = "float16",
+               max_changed_rows: float = 0.5) -> pathlib.Path:
+  """Writes what `model` changes over `base` (cut to `keep_layers`), stored in `dtype`."""
+  base = pathlib.Path(base)
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  fetch = _fetcher(base, load_config(base))
+  if keep_layers:
+    fetch = _renumber_layers(fetch, tuple(keep_layers))
+  stored = {}
+  for name, array in model_tensors(model):
+    original = np.asarray(fetch(name), array.dtype)
+    changed_rows = np.any(array != original, axis=tuple(range(1, array.ndim)))
+    if not changed_rows.any():
+      continue
+    if array.ndim == 2 and changed_rows.mean() <= max_changed_rows:
+      stored[f"{name}:row_ids"] = np.flatnonzero(changed_rows).astype(np.int32)
+      stored[f"{name}:rows"] = array[changed_rows]
+    else:
+      stored[name] = array
+  for name, array in stored.items():
+    if np.issubdtype(array.dtype, np.floating):
+      stored[name] = narrowed = array.astype(jnp.dtype(dtype))
+      if not np.all(np.isfinite(narrowed)):
+        raise CheckpointError(f"{name} overflows {dtype}; save the delta in another dtype")
+  write_safetensors(out_dir / "model.safetensors", stored)
+  config = model.config.to_hf()
+  config[DELTA_FIELD] = {"base": _base_reference(base), "keep_layers": list(keep_layers)}
+  config["torch_dtype"] = dtype
+  (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+  return out_dir
+
+
+def _delta_fetcher(path: pathlib.Path, delta: dict[str, Any], config: ModelConfig):
+  if not isinstance(delta, dict) or not isinstance(delta.get("base"), str):
+    raise CheckpointError(f"{path / 'config.json'}: {DELTA_FIELD} must be an object with a "
+                          f"'base' path, got {delta!r}")
+  base = _resolve_base(delta["base"], path)
+  fetch_base = _fetcher(base, load_config(base))
+  if delta.get("keep_layers"):
+    fetch_base = _renumber_layers(fetch_base, tuple(delta["keep_layers"]))
+  stored = read_hf_weights(path)
+
+  def fetch(name):
+    if name in stored:
+      return stored[name]
+    array = fetch_base(name)
+    if f"{name}:rows" in stored:
+      array = np.array(array, dtype=np.float32)
+      array[stored[f"{name}:row_ids"]] = stored[f"{name}:rows"]
+    return array
+  return fetch
 
 
 def model_tensors(model: Transformer, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:

@@ -149,6 +149,7 @@ class ModelConfig:
         "max_position_embeddings", "pard_token", "spd_type", "torch_dtype", "dtype",
         "hidden_act", "architectures", "transformers_version", "use_sliding_window",
         "mlp_bias", "layer_types", "use_cache", "_name_or_path", "draft_vocab",
+        "pard_jax_delta",  # read by checkpoints (a delta's base), not part of the model
     }
     extra = tuple(sorted((k, _freeze(v)) for k, v in hf.items() if k not in known))
     fields = dict(

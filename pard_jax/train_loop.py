@@ -1,8 +1,9 @@
 """The PARD training run: config -> data, model, sharded state -> steps, logs, checkpoints, export.
 
-`workdir` holds `checkpoints/` (orbax: train state + data position), `metrics.jsonl` and, at the
-end, `hf/`: a Hugging Face directory with `"pard_token"` and `"spd_type": "pard"` in its
-`config.json`, usable as a drafter. A run restarted on the same workdir resumes from the latest
+`workdir` holds `checkpoints/` (orbax: train state + data position), `metrics.jsonl`,
+`tensorboard/` and, at the end, `hf/`: a Hugging Face directory with `"pard_token"` and
+`"spd_type": "pard"` in its `config.json`, usable as a drafter (and `delta/`, the same drafter
+stored as its difference from `model.init`, when only the layers trained). A run restarted on the same workdir resumes from the latest
 checkpoint and continues exactly as if it had not stopped.
 """
 
@@ -308,19 +309,27 @@ class MetricsLog:
 
 
 def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
-           mask_token: int) -> pathlib.Path:
-  """Writes `workdir/hf` from process 0, after gathering the parameters onto every host."""
+           config: ml_collections.ConfigDict) -> pathlib.Path:
+  """Writes `workdir/hf` from process 0, after gathering the parameters onto every host.
+
+  A drafter trained with its shared tensors frozen (`train.trainable="layers"`) is also
+  written as `workdir/delta`: only what differs from `model.init`, in float16.
+  """
   params = jax.jit(lambda p: p, out_shardings=NamedSharding(mesh, P()))(state["params"])
   out = workdir / "hf"
   if jax.process_index() == 0:
     model = nnx.merge(model_graphdef, params)
-    extra = {"pard_token": mask_token, "spd_type": "pard"}
+    model.config = model.config.replace(pard_token=config.pard.mask_token, spd_type="pard")
+    extra = {}
     hf_config = model.config.to_hf()
     # From-scratch models know their special tokens only through the tokenizer.
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
       if hf_config.get(name) is None and getattr(tokenizer, name, None) is not None:
         extra[name] = getattr(tokenizer, name)
     checkpoints.save_hf(model, out, tokenizer, extra_config=extra)
+    if config.train.trainable == "layers" and config.model.init:
+      checkpoints.save_delta(model, workdir / "delta", config.model.init,
+                             tuple(config.model.keep_layers))
   return out
 
 
@@ -388,6 +397,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
     manager.wait_until_finished()
     if log is not None:
       log.close()
-  out = export(graphdef, state, mesh, workdir, tokenizer, config.pard.mask_token)
+  out = export(graphdef, state, mesh, workdir, tokenizer, config)
   logging.info("exported the PARD drafter to %s", out)
   return log.history

@@ -166,3 +166,47 @@ def test_layer_cut_matches_transformers_with_those_layers(keep, tmp_path, tokens
   with pytest.raises(checkpoints.CheckpointError, match=r"keep_layers \(0, 3\) must be layer "
                      r"indices in \[0, 3\)"):
     checkpoints.load_model(tmp_path, keep_layers=(0, 3))
+
+
+def test_delta_stores_only_what_training_changed_and_exports_standalone(tmp_path, tokens):
+  save_hf_model("llama3", tmp_path / "base")
+  drafter = checkpoints.load_model(tmp_path / "base", keep_layers=(1,))
+  mlp = drafter.layers[0].mlp.up_proj.kernel
+  mlp[...] = mlp[...] * 1.5
+  table = drafter.embed_tokens.embedding
+  table[...] = table[...].at[7].add(0.25)  # the mask row
+  drafter.config = drafter.config.replace(pard_token=7, spd_type="pard", draft_vocab=(1, 2, 7))
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base", keep_layers=(1,))
+
+  stored = checkpoints.read_safetensors(tmp_path / "delta" / "model.safetensors")
+  assert set(stored) == {"model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight:rows",
+                         "model.embed_tokens.weight:row_ids"}
+  assert stored["model.embed_tokens.weight:row_ids"].tolist() == [7]
+  assert stored["model.layers.0.mlp.up_proj.weight"].dtype == np.float16
+  loaded = checkpoints.load_model(tmp_path / "delta")
+  assert loaded.config == drafter.config
+  np.testing.assert_allclose(_logits(loaded, tokens), _logits(drafter, tokens), atol=1e-2)
+
+  # The standalone export of the delta is an ordinary HF directory, as the full model.
+  checkpoints.save_hf(loaded, tmp_path / "standalone")
+  hf_config = json.loads((tmp_path / "standalone" / "config.json").read_text())
+  assert hf_config["pard_token"] == 7 and checkpoints.DELTA_FIELD not in hf_config
+  hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "standalone")
+  full_vocab = checkpoints.load_model(tmp_path / "standalone").config.replace(draft_vocab=None)
+  loaded.config = full_vocab
+  np.testing.assert_allclose(hf_logits(hf.eval(), tokens), _logits(loaded, tokens), atol=1e-4)
+
+
+def test_delta_with_a_missing_base_names_it(tmp_path):
+  save_hf_model("llama3", tmp_path / "base")
+  drafter = checkpoints.load_model(tmp_path / "base")
+  drafter.norm.weight[...] = drafter.norm.weight[...] + 1
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base")
+  (tmp_path / "base" / "model.safetensors").rename(tmp_path / "elsewhere")
+  with pytest.raises(checkpoints.CheckpointError, match="no weights in .*base"):
+    checkpoints.load_model(tmp_path / "delta")
+  config = json.loads((tmp_path / "delta" / "config.json").read_text())
+  config[checkpoints.DELTA_FIELD]["base"] = "package:no_such_package/model.gguf"
+  (tmp_path / "delta" / "config.json").write_text(json.dumps(config))
+  with pytest.raises(checkpoints.CheckpointError, match="no_such_package.*not installed"):
+    checkpoints.load_model(tmp_path / "delta")
