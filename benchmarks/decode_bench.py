@@ -4,11 +4,13 @@ Measures, in one run on the machine at hand:
   1. model step times: a 1-token cached step and (K+1)-token verify steps, K in 4, 8, 12;
   2. loop efficiency: `sd` with drafter == target against what the step times allow;
   3. our `ar` and `sd` tokens/s against transformers' `generate` and assisted generation
-     (`assistant_model`, drafter == target) on the same weights, as ratios.
+     (`assistant_model`, drafter == target) on the same weights, as ratios;
+  4. with `--drafter`: that drafter's step times (1 token, the 2-token `sd` catch-up and the
+     2K-token PARD draft forward), with its restricted head (`draft_vocab`) and the full one.
 
-  python benchmarks/decode_bench.py [--dtype=bfloat16] [--max_new_tokens=64]
+  python benchmarks/decode_bench.py [--dtype=bfloat16] [--max_new_tokens=64] [--drafter=DIR]
 
-Writes benchmarks/results/decode_<device>_<dtype>.{json,md}.
+Writes benchmarks/results/decode_<device>_<dtype>[_drafter].{json,md}.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _PROMPTS = flags.DEFINE_integer("num_prompts", 4, "prompts from data/prompts/cha
 _REPEATS = flags.DEFINE_integer("repeats", 10, "timed repeats of each step")
 _K = flags.DEFINE_integer("num_draft_tokens", 4, "K for the sd runs")
 _HF = flags.DEFINE_bool("transformers", True, "also time transformers (CPU torch)")
+_DRAFTER = flags.DEFINE_string("drafter", "", "a drafter to time as well (HF or delta dir)")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -133,6 +136,20 @@ def main(argv):
   results["step_ms"] = {(f"{w}_tokens" if w != "prefill" else f"prefill_{prompt_len}_tokens"):
                         1000 * t for w, t in steps.items()}
 
+  if _DRAFTER.value:
+    drafter = checkpoints.load_model(_DRAFTER.value, dtype=dtype)
+    widths = [(w, middle) for w in sorted({1, 2, 2 * k})]
+    results["drafter"] = _DRAFTER.value
+    results["drafter_step_ms"] = {}
+    for head, config in (("restricted head", drafter.config),
+                         ("full head", drafter.config.replace(draft_vocab=None))):
+      drafter.config = config
+      if head == "restricted head" and config.draft_vocab is None:
+        continue
+      times = time_steps(drafter, widths, cache_len=prompt_len + _NEW.value,
+                         repeats=_REPEATS.value)
+      results["drafter_step_ms"][head] = {f"{w}_tokens": 1000 * t for w, t in times.items()}
+
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
   ar = run_ours(target, None, DecodeConfig(method="ar", **common), prompts)
   sd = run_ours(target, target, DecodeConfig(method="sd", num_draft_tokens=k, **common), prompts)
@@ -159,6 +176,7 @@ def main(argv):
   out_dir = pathlib.Path(_OUT.value)
   out_dir.mkdir(parents=True, exist_ok=True)
   slug = results["device"].split(" ")[0].lower().replace("/", "-") + f"_{dtype}"
+  slug += "_drafter" if _DRAFTER.value else ""
   (out_dir / f"decode_{slug}.json").write_text(json.dumps(results, indent=2))
   (out_dir / f"decode_{slug}.md").write_text(to_markdown(results))
   print(to_markdown(results))
@@ -175,6 +193,10 @@ def to_markdown(r: dict) -> str:
            "| tokens per step | ms |", "|---|---|"]
   lines += [f"| {w.replace('_tokens', '').replace('_', ' ')} | {ms:.2f} |"
             for w, ms in r["step_ms"].items()]
+  for head, times in r.get("drafter_step_ms", {}).items():
+    lines += ["", f"### Drafter `{r['drafter']}`, {head} (ms)", "",
+              "| tokens per step | ms |", "|---|---|"]
+    lines += [f"| {w.replace('_tokens', '')} | {ms:.2f} |" for w, ms in times.items()]
   eff = r["loop_efficiency"]
   lines += ["", "## Loop efficiency", "",
             "| method | measured tok/s | allowed by step times | overhead |", "|---|---|---|---|",

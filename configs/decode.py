@@ -1,5 +1,9 @@
 """Decoding / evaluation settings for decode.py.
 
+The defaults are the main job: the SmolLM2-135M-Instruct target with the PARD drafter trained
+here (`drafters/smollm2_135m_pard`), `ar` against `sd` (the same drafter, one token per
+forward) and `pard` (K drafts per forward), on the first 4 prompts of each evaluation set.
+
   python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
       --config.num_draft_tokens=2,4,8 --config.prompts=mtbench,humaneval,gsm8k \
       --config.target=/models/Llama-3.1-8B-Instruct --config.drafter=/models/PARD-Llama-3.2-1B \
@@ -19,8 +23,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def get_config():
   config = ml_collections.ConfigDict()
   config.target = ""  # HF directory or .gguf file; "" = the SmolLM2-135M-Instruct GGUF
-  config.drafter = ""  # same formats; unused for method=ar
-  config.method = "ar"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
+  # Same formats, or a delta directory over the target; unused for method=ar.
+  config.drafter = str(ROOT / "drafters/smollm2_135m_pard")
+  config.sd_drafter = ""  # the AR drafter for sd and assisted generation; "" = drafter
+  config.method = "ar,sd,pard"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
   config.num_draft_tokens = (4,)  # K values, e.g. 2,4,8
   config.mask_token_ids = ()  # override: (id,) for pard, K-1 ids for parallelspec
   config.max_new_tokens = 64
@@ -30,9 +36,9 @@ def get_config():
   config.seed = 0
   config.batch_size = 1
   # Comma-separated: mtbench, humaneval, gsm8k and/or .jsonl files ("prompt" or "input_ids").
-  config.prompts = str(ROOT / "data/prompts/chat.jsonl")
+  config.prompts = "mtbench,humaneval,gsm8k"
   config.chat_template = True  # apply the tokenizer's chat template to text prompts
-  config.max_prompts = 0  # per set; 0 = all
+  config.max_prompts = 4  # per set; 0 = all
   config.output = ""  # .jsonl, one line per (cell, prompt); "" = none
   config.report_dir = ""  # results.json, results.md, plots; a rerun skips finished cells
   config.peers = ""  # "transformers": generate and assisted generation in the same run

@@ -11,7 +11,13 @@ and the mask token's row learn. Untrained, on 4 rows of the distilled data (next
 accuracy; all 30 layers: 1.37 / 0.718): layers 0-3 give 15.1 / 0.049, 0-5 15.6 / 0.045, and
 (0, 1, 2, 29) 20.5 / 0.000: the last layer does not fit an early residual stream.
 `pard.num_depths=1` is plain next-token training, the AR drafter for `sd` with the same init,
-data and budget. The mask token is 16 (`<empty_output>`), see configs/smollm2.py.
+data and budget (350 steps, 2 epochs). The mask token is 16 (`<empty_output>`), see
+configs/smollm2.py.
+
+The head is restricted to the data's 8192 most frequent tokens (99.3% of the answer tokens):
+verification stays exact, and a step takes 8.6 s instead of 15 on 2 CPU cores. The run writes
+`workdir/delta`, the drafter as its difference from the target (the four layers and the mask
+row in float16, 28 MB): that is what `drafters/smollm2_135m_pard` ships.
 """
 
 import pathlib

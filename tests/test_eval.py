@@ -40,7 +40,7 @@ def _config(models, **overrides):
   config = load_config("configs/decode.py")
   config.update(dict(target=str(models / "target"), drafter=str(models / "drafter"),
                      prompts=str(models / "prompts.jsonl"), max_new_tokens=NEW,
-                     stop_token_ids=()))
+                     max_prompts=0, stop_token_ids=()))
   config.update(overrides)
   return config
 
@@ -148,6 +148,7 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
       [sys.executable, str(ROOT / "decode.py"), f"--config.target={models / 'target'}",
        f"--config.drafter={models / 'drafter'}", f"--config.prompts={models / 'prompts.jsonl'}",
        "--config.method=ar,sd", "--config.num_draft_tokens=2,3", "--config.max_new_tokens=5",
+       "--config.max_prompts=0",
        "--config.temperature=0.7", "--config.top_p=0.9", f"--config.output={output}",
        "--config.stop_token_ids=()"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -157,13 +158,14 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
   assert [(l["method"], l["num_draft_tokens"]) for l in lines[::5]] == [("ar", 0), ("sd", 2),
                                                                        ("sd", 3)]
   assert all(len(l["output_ids"]) == 5 for l in lines)
-  assert load_config("configs/decode.py").prompts == str(ROOT / "data/prompts/chat.jsonl")
+  assert load_config("configs/decode.py").prompts == "mtbench,humaneval,gsm8k"
 
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(method="bogus", drafter=""),
      "config.method: unknown method 'bogus'; choose from ar, sd, pard, parallelspec"),
     (dict(method="sd", drafter=""), r"config.drafter: method\(s\) \['sd'\] need a drafter"),
+    (dict(method="sd", sd_drafter="/no/such"), "config.sd_drafter: /no/such does not exist"),
     (dict(num_draft_tokens=(0,)), r"config.num_draft_tokens: must be integers in \[1, 64\]"),
     (dict(temperature=-1.0), "config.temperature: must be >= 0"),
     (dict(top_p=0.0), r"config.top_p: must be in \(0, 1\]"),
@@ -190,6 +192,15 @@ def test_unwritable_outputs_fail_before_decoding(models, no_model_loading, tmp_p
     job.run(_config(models, output=str(tmp_path)))
   with pytest.raises(EvalConfigError, match="config.report_dir: cannot write"):
     job.run(_config(models, report_dir=str(blocker / "report")))
+
+
+def test_sd_and_pard_use_their_own_drafters(models):
+  # The target as sd's AR drafter accepts everything; the perturbed PARD drafter does not.
+  result = job.run(_config(models, method="ar,sd,pard", num_draft_tokens=(2,),
+                           sd_drafter=str(models / "target")))
+  sd, pard = result.cell("prompts", "sd", 2), result.cell("prompts", "pard", 2)
+  assert sd.acceptance_by_depth == [1.0, 1.0] and sd.identical_to_ar == 5
+  assert min(pard.acceptance_by_depth) < 1.0 and pard.identical_to_ar == 5
 
 
 def test_drafter_errors_name_the_fix(models, no_model_loading):

@@ -99,23 +99,27 @@ def run(config) -> EvalResult:
   stops = (spec.stop_token_ids if spec.stop_token_ids is not None
            else stop_ids(spec.target, target_hf, tokenizer))
 
-  drafter_hf, shared_vocab = None, 0
-  if spec.drafter is not None and len(spec.methods) > 1:
-    drafter_hf = checkpoints.load_hf_config(spec.drafter)
-    shared_vocab = shared_vocab_size(target_hf, drafter_hf, tokenizer, spec.drafter)
+  drafter_hf, shared_vocab = {}, {}  # per drafter path
+  for method in spec.methods[1:]:
+    path = spec.drafter_for(method)
+    if path not in drafter_hf:
+      drafter_hf[path] = checkpoints.load_hf_config(path)
+      shared_vocab[path] = shared_vocab_size(target_hf, drafter_hf[path], tokenizer, path)
   configs = {}
   for method, k in spec.cells():
+    path = spec.drafter_for(method)
     configs[method, k] = DecodeConfig(
         method=method, num_draft_tokens=k or 1, max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
-        stop_token_ids=stops, shared_vocab_size=shared_vocab if k else 0,
-        mask_token_ids=drafting.mask_token_ids(method, k, drafter_hf or {}, spec.mask_token_ids))
+        stop_token_ids=stops, shared_vocab_size=shared_vocab[path] if k else 0,
+        mask_token_ids=drafting.mask_token_ids(method, k, drafter_hf.get(path, {}),
+                                               spec.mask_token_ids))
 
   todo = [(name, method, k) for name in sets for method, k in spec.cells()
           if not report.done((name, cells_lib.OURS, method, k))]
   target = checkpoints.load_model(spec.target, dtype=spec.dtype) if todo else None
-  drafter = (checkpoints.load_model(spec.drafter, dtype=spec.dtype)
-             if any(method != "ar" for _, method, _ in todo) else None)
+  drafters = {path: checkpoints.load_model(path, dtype=spec.dtype)
+              for path in {spec.drafter_for(method) for _, method, k in todo if k}}
   decoders: dict[tuple[str, int], SpeculativeDecoder] = {}
   peer = None  # loaded when a peer cell is left to measure
 
@@ -128,8 +132,8 @@ def run(config) -> EvalResult:
         rows = report.rows(key)
       else:
         if (method, k) not in decoders:
-          decoders[method, k] = SpeculativeDecoder(target, drafter if k else None,
-                                                   configs[method, k])
+          decoders[method, k] = SpeculativeDecoder(
+              target, drafters[spec.drafter_for(method)] if k else None, configs[method, k])
         rows = cells_lib.run_cell(decoders[method, k], prompts, spec.batch_size, spec.seed,
                                   spec.cache_len, desc=f"{name} {method} K={k}")
         cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy)

@@ -9,11 +9,13 @@ only a run that asks for peers imports it.
 from __future__ import annotations
 
 import pathlib
+import tempfile
 import time
 from typing import Sequence
 
 from tqdm import tqdm
 
+from pard_jax import checkpoints
 from pard_jax.eval.cells import CellResult
 from pard_jax.eval.spec import EvalConfigError, EvalSpec
 
@@ -28,6 +30,11 @@ def load_transformers_model(path: pathlib.Path, dtype: str):
     raise EvalConfigError("config.peers=transformers needs torch: pip install torch "
                           "(the CPU build is enough)") from e
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  if path.is_dir() and checkpoints.DELTA_FIELD in checkpoints.load_hf_config(path):
+    # transformers reads whole checkpoints: write the delta's standalone form first.
+    with tempfile.TemporaryDirectory() as standalone:
+      checkpoints.save_hf(checkpoints.load_model(path), standalone)
+      return load_transformers_model(pathlib.Path(standalone), dtype)
   if path.suffix == ".gguf":
     model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                               dtype=torch_dtype)
@@ -42,7 +49,7 @@ class TransformersPeer:
   def __init__(self, spec: EvalSpec, stop_token_ids: Sequence[int]):
     self.spec = spec
     self.target = load_transformers_model(spec.target, spec.dtype)
-    self.drafter = (load_transformers_model(spec.drafter, spec.dtype)
+    self.drafter = (load_transformers_model(spec.sd_drafter, spec.dtype)
                     if "sd" in spec.methods else None)
     self.kwargs = dict(max_new_tokens=spec.max_new_tokens, do_sample=not spec.greedy,
                        pad_token_id=stop_token_ids[0] if stop_token_ids else 0)

@@ -56,6 +56,7 @@ class EvalSpec:
   """What to decode and measure: every (prompt set, method, K) cell, plus `ar` and peers."""
   target: pathlib.Path
   drafter: pathlib.Path | None
+  sd_drafter: pathlib.Path | None  # the AR drafter for `sd` and assisted generation
   methods: tuple[str, ...]  # `ar` first: it is every cell's baseline
   draft_tokens: tuple[int, ...]  # the K values, for every method but `ar`
   prompt_sets: tuple[prompts_lib.PromptSet, ...]
@@ -83,9 +84,13 @@ class EvalSpec:
     """(method, K) per cell of one prompt set; `ar` has K = 0 and comes first."""
     return [("ar", 0)] + [(m, k) for m in self.methods if m != "ar" for k in self.draft_tokens]
 
+  def drafter_for(self, method: str) -> pathlib.Path | None:
+    return self.sd_drafter if method == "sd" else self.drafter
+
   def identity(self) -> dict[str, Any]:
     """The settings every stored cell result depends on (a resumed report must match them)."""
     return dict(target=str(self.target), drafter=str(self.drafter or ""),
+                sd_drafter=str(self.sd_drafter or ""),
                 max_prompts=self.max_prompts, chat_template=self.chat_template,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                 top_k=self.top_k, top_p=self.top_p, seed=self.seed,
@@ -133,10 +138,13 @@ class EvalSpec:
         raise EvalConfigError(f"config.target: empty, and the default target is missing: {e}")
     require(target.exists(), "target", f"{target} does not exist (a HF directory or .gguf)")
     drafter = pathlib.Path(c.drafter).expanduser() if c.drafter else None
-    if any(m != "ar" for m in methods):
-      require(drafter is not None, "drafter", f"method(s) {[m for m in methods if m != 'ar']} "
-               "need a drafter (HF directory or .gguf)")
-      require(drafter.exists(), "drafter", f"{drafter} does not exist")
+    sd_drafter = pathlib.Path(c.sd_drafter).expanduser() if c.sd_drafter else drafter
+    for field, path, needs in (("sd_drafter", sd_drafter, [m for m in methods if m == "sd"]),
+                               ("drafter", drafter, [m for m in methods if m not in ("ar", "sd")])):
+      if needs:
+        require(path is not None, "drafter", f"method(s) {needs} need a drafter (HF directory, "
+                ".gguf or delta directory)")
+        require(path.exists(), field, f"{path} does not exist")
     try:
       sets = tuple(prompts_lib.resolve(c.prompts))
     except prompts_lib.PromptError as e:
@@ -148,7 +156,7 @@ class EvalSpec:
     report_dir = pathlib.Path(c.report_dir).expanduser() if c.report_dir else None
     if report_dir is not None:
       check_writable_file(report_dir / "results.json", "report_dir")
-    return cls(target=target, drafter=drafter,
+    return cls(target=target, drafter=drafter, sd_drafter=sd_drafter,
                methods=("ar",) + tuple(m for m in methods if m != "ar"), draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),
                max_new_tokens=c.max_new_tokens, temperature=float(c.temperature),
