@@ -1,5 +1,6 @@
 """Shared test helpers: the repository root and configs, tiny random models (ours and
-transformers' of every supported architecture), drafters derived from a model, packed batches."""
+transformers' of every supported architecture), drafters derived from a model, packed batches,
+notebook execution."""
 
 import importlib.util
 import pathlib
@@ -107,3 +108,20 @@ def packed_batch(doc_lengths_per_row, length, seed=0, vocab=50):
   weights[:, :-1] = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] > 0)
   return dict(tokens=tokens, positions=positions, segment_ids=segments, labels=labels,
               weights=weights)
+
+
+def execute_notebook(path: pathlib.Path, parameters: dict, timeout: int = 900):
+  """Runs a notebook top to bottom in a fresh kernel, from the repository root, with
+  `parameters` assigned right after its cell tagged "parameters" (as papermill injects them).
+  Raises `nbclient.exceptions.CellExecutionError` naming the first failing cell."""
+  import nbclient
+  import nbformat
+  notebook = nbformat.read(path, as_version=4)
+  index = next(i for i, cell in enumerate(notebook.cells)
+               if "parameters" in cell.metadata.get("tags", []))
+  injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items()))
+  injected.metadata["tags"] = ["injected-parameters"]
+  notebook.cells.insert(index + 1, injected)
+  nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                          resources={"metadata": {"path": str(ROOT)}}).execute()
+  return notebook

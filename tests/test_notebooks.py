@@ -1,0 +1,28 @@
+"""The colab/ notebooks run top to bottom (small settings injected as parameters)."""
+
+import pytest
+
+from tests.helpers import ROOT, execute_notebook
+
+
+def _outputs(notebook) -> str:
+  return "".join(str(output) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_train_notebook_turns_an_ar_model_into_a_pard_drafter(tmp_path):
+  notebook = execute_notebook(ROOT / "colab/train_pard_drafter.ipynb",
+                              dict(AR_STEPS=20, PARD_STEPS=20, WORKDIR=str(tmp_path)))
+  assert (tmp_path / "pard/hf/config.json").exists()
+  outputs = _outputs(notebook)
+  assert "image/png" in outputs and "| pard_jax | pard | 4 |" in outputs
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_quickstart_notebook_decodes_with_the_shipped_drafter(tmp_path):
+  notebook = execute_notebook(ROOT / "colab/quickstart.ipynb", dict(
+      PROMPT_SETS="gsm8k", MAX_PROMPTS=1, MAX_NEW_TOKENS=16, NUM_DRAFT_TOKENS=(4,),
+      REPORT_DIR=str(tmp_path)))
+  outputs = _outputs(notebook)
+  assert "| pard_jax | pard | 4 |" in outputs and "image/png" in outputs

