@@ -52,7 +52,7 @@ def compiled_bytes(compiled) -> int:
 def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
   optimizer = training.make_optimizer(training.OptimizerConfig(
       learning_rate=_LR.value, warmup_steps=10, total_steps=10**6))
-  pard = training.PardConfig(counts, MASK_TOKEN)
+  pard = training.PardConfig(counts, (MASK_TOKEN,) * (len(counts) - 1))
   state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
   step_fn = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding)
   batches = data.BatchIterator(rows, _BATCH.value, seed=0)
@@ -79,7 +79,8 @@ def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
 
 def evaluate(params, graphdef, eval_rows: data.PackedRows, num_depths: int) -> list[float]:
   """Per-depth accuracy over every valid query of the full layout (deterministic)."""
-  full = training.PardConfig(layout.cod_counts(_LENGTH.value, num_depths, 1.0, 1.0), MASK_TOKEN)
+  full = training.PardConfig(layout.cod_counts(_LENGTH.value, num_depths, 1.0, 1.0),
+                             (MASK_TOKEN,) * (num_depths - 1))
   stats_fn = jax.jit(lambda p, b, k: training.layout_stats(p, graphdef, b, k, full)[1])
   correct = np.zeros(num_depths)
   count = np.zeros(num_depths)

@@ -48,6 +48,8 @@ class ModelConfig:
   # Extra config.json fields of published PARD drafters.
   pard_token: int | None = None
   spd_type: str | None = None
+  # ParallelSpec drafters: the distinct mask id of each depth 1..K-1.
+  parallelspec_tokens: tuple[int, ...] | None = None
   # A drafter's head restricted to these token ids (ascending): its logits are -inf elsewhere,
   # so it never proposes another token and verification stays exact (`config.json`
   # "draft_vocab"). None: the whole vocabulary.
@@ -150,6 +152,7 @@ class ModelConfig:
         "hidden_act", "architectures", "transformers_version", "use_sliding_window",
         "mlp_bias", "layer_types", "use_cache", "_name_or_path", "draft_vocab",
         "pard_jax_delta",  # read by checkpoints (a delta's base), not part of the model
+        "parallelspec_tokens",
     }
     extra = tuple(sorted((k, _freeze(v)) for k, v in hf.items() if k not in known))
     fields = dict(
@@ -171,6 +174,8 @@ class ModelConfig:
         pard_token=hf.get("pard_token"),
         spd_type=hf.get("spd_type"),
         draft_vocab=tuple(hf["draft_vocab"]) if hf.get("draft_vocab") else None,
+        parallelspec_tokens=(tuple(hf["parallelspec_tokens"]) if hf.get("parallelspec_tokens")
+                             else None),
         extra_hf_fields=extra,
     )
     fields.update(overrides)
@@ -208,6 +213,8 @@ class ModelConfig:
       hf["spd_type"] = self.spd_type
     if self.draft_vocab is not None:
       hf["draft_vocab"] = list(self.draft_vocab)
+    if self.parallelspec_tokens is not None:
+      hf["parallelspec_tokens"] = list(self.parallelspec_tokens)
     return hf
 
 

@@ -1,9 +1,11 @@
-"""PARD training layout with conditional drop-token (COD), in static shapes.
+"""The PARD / ParallelSpec training layout with conditional drop-token (COD), in static shapes.
 
 A packed row of L tokens becomes S = sum(counts) layout slots. Depth 0 holds the L real tokens;
-depth k >= 1 holds `counts[k]` copies of the shared mask token, each at the position id of the
-row index it was drawn for. A depth-k slot at position p stands for the k-th mask of the inference
-input `[x_0 .. x_{p-k}, m x k]` and predicts x_{p+1}, like every depth.
+depth k >= 1 holds `counts[k]` copies of the depth's mask token m_k, each at the position id of
+the row index it was drawn for. A depth-k slot at position p stands for the k-th mask of the
+inference input `[x_0 .. x_{p-k}, m_1 .. m_k]` and predicts x_{p+1}, like every depth. PARD
+shares one mask (m_1 = ... = m_{K-1}); ParallelSpec gives every depth its own, and the same
+group-wise visibility below keeps each chain of masks from seeing any other.
 
 Visibility (query depth dq, position pq, segment sq; key dk, pk, sk), all within one segment:
   real key (dk = 0):  pk <= pq - dq
@@ -73,21 +75,26 @@ def sample_cod_indices(rng: jax.Array, counts: Sequence[int]) -> jax.Array:
 
 
 def build_layout(row_keys_B: jax.Array, batch: dict[str, jax.Array], counts: Sequence[int],
-                 mask_token: int) -> dict[str, jax.Array]:
-  """The PARD layout of a packed batch; every output is `[batch, S]`.
+                 mask_tokens: Sequence[int]) -> dict[str, jax.Array]:
+  """The training layout of a packed batch; every output is `[batch, S]`.
 
   `batch` holds `[batch, L]` arrays: tokens, positions (restarting per document), segment_ids
   (0 = padding), labels (the next token) and weights (loss weight of that label). Row b draws its
-  COD sample from `row_keys_B[b]`. `index` is the row index each slot was taken from.
+  COD sample from `row_keys_B[b]`. `mask_tokens[k - 1]` is depth k's input id. `index` is the
+  row index each slot was taken from.
   """
+  if len(mask_tokens) != len(counts) - 1:
+    raise ValueError(f"{len(counts)} depths need {len(counts) - 1} mask tokens, got "
+                     f"{tuple(mask_tokens)}")
   tokens_BxL = batch["tokens"]
   index_BxS = jax.vmap(lambda key: sample_cod_indices(key, counts))(row_keys_B)
   depth_S = jnp.asarray(slot_depths(counts))
+  mask_S = jnp.asarray(np.asarray([0, *mask_tokens], np.int32)[slot_depths(counts)])
   gather = lambda x_BxL: jnp.take_along_axis(x_BxL, index_BxS, axis=1)
   positions_BxS = gather(batch["positions"])
   depth_BxS = jnp.broadcast_to(depth_S, index_BxS.shape)
   return dict(
-      tokens=jnp.where(depth_S == 0, gather(tokens_BxL), mask_token).astype(tokens_BxL.dtype),
+      tokens=jnp.where(depth_S == 0, gather(tokens_BxL), mask_S).astype(tokens_BxL.dtype),
       positions=positions_BxS,
       segment_ids=gather(batch["segment_ids"]),
       depths=depth_BxS,

@@ -219,6 +219,24 @@ class Transformer(nnx.Module):
     return self.logits(hidden), cache
 
 
+def grow_vocab(model: Transformer, vocab_size: int) -> Transformer:
+  """`model` with embedding (and untied head) rows appended up to `vocab_size`, e.g. for new
+  mask tokens. New rows start at the mean of the existing ones; existing rows are unchanged."""
+  _, state = nnx.split(model)
+  grown = nnx.eval_shape(lambda: Transformer(model.config.replace(vocab_size=vocab_size),
+                                             rngs=nnx.Rngs(0)))
+  new_graphdef, new_abstract = nnx.split(grown)
+
+  def grow(old, new):
+    if old.shape == new.shape:
+      return old
+    axis = next(i for i, (a, b) in enumerate(zip(old.shape, new.shape)) if a != b)
+    mean = jnp.mean(old, axis=axis, keepdims=True)
+    extra = jnp.repeat(mean, new.shape[axis] - old.shape[axis], axis=axis)
+    return jnp.concatenate([old, extra.astype(old.dtype)], axis=axis)
+  return nnx.merge(new_graphdef, jax.tree.map(grow, state, new_abstract))
+
+
 def create_model(config: ModelConfig, seed: int = 0) -> Transformer:
   """A randomly initialised model (tests, from-scratch training)."""
   return Transformer(config, rngs=nnx.Rngs(seed))

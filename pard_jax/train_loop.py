@@ -30,7 +30,7 @@ from pard_jax import layout as layout_lib
 from pard_jax import sharding as sharding_lib
 from pard_jax import training
 from pard_jax.config import DTYPES, ModelConfig
-from pard_jax.model import create_model
+from pard_jax.model import create_model, grow_vocab
 
 
 class TrainConfigError(ValueError):
@@ -74,9 +74,18 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   c.pard = ml_collections.ConfigDict(dict(
       num_depths=8,  # K
+      # "pard": one shared mask token (`mask_token`); "parallelspec": K-1 distinct ones
+      # (`mask_tokens`, or, when empty, K-1 new embedding rows past the model's vocabulary).
+      drafter="pard",
       mask_token=-1,
+      mask_tokens=(),
       r=0.7,
       r_min=0.2,
+  ))
+  c.loss = ml_collections.ConfigDict(dict(
+      ce_weight=1.0,  # cross-entropy on the data
+      kl_weight=0.0,  # KL(teacher || drafter) per slot (PARD-2: ce 0.1, kl 1.0)
+      teacher="",  # HF directory or .gguf of the teacher (the target); "" = model.init, uncut
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=8,  # global rows per optimizer step
@@ -119,8 +128,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be an integer >= 1, got {pard.num_depths!r}")
   _require(0.0 < pard.r <= 1.0, "pard.r", f"must be in (0, 1], got {pard.r}")
   _require(0.0 <= pard.r_min <= 1.0, "pard.r_min", f"must be in [0, 1], got {pard.r_min}")
-  _require(isinstance(pard.mask_token, int) and pard.mask_token >= 0, "pard.mask_token",
-           f"must be a vocabulary id >= 0, got {pard.mask_token!r}")
+  _require(pard.drafter in DRAFTERS, "pard.drafter",
+           f"unknown drafter {pard.drafter!r}; choose from {', '.join(DRAFTERS)}")
+  if pard.drafter == "pard":
+    _require(isinstance(pard.mask_token, int) and pard.mask_token >= 0, "pard.mask_token",
+             f"must be a vocabulary id >= 0, got {pard.mask_token!r}")
+  else:
+    ids = tuple(pard.mask_tokens)
+    _require(not ids or (len(ids) == pard.num_depths - 1 and len(set(ids)) == len(ids)
+                         and all(isinstance(i, int) and i >= 0 for i in ids)),
+             "pard.mask_tokens", f"must be {pard.num_depths - 1} distinct ids >= 0 (one per "
+             f"depth 1..K-1), or empty to append new rows; got {ids}")
+  loss = config.loss
+  _require(loss.ce_weight >= 0 and loss.kl_weight >= 0 and loss.ce_weight + loss.kl_weight > 0,
+           "loss", f"ce_weight and kl_weight must be >= 0 and not both 0, got "
+           f"{loss.ce_weight}, {loss.kl_weight}")
+  if loss.kl_weight > 0:
+    teacher = loss.teacher or config.model.init
+    _require(bool(teacher), "loss.teacher", "is required for kl_weight > 0 when model.init is "
+             "empty (a HF directory or .gguf of the target)")
+    _require(pathlib.Path(teacher).expanduser().exists(), "loss.teacher",
+             f"{teacher!r} does not exist")
   _require(data.length >= pard.num_depths, "data.length",
            f"({data.length}) must be >= pard.num_depths ({pard.num_depths})")
   counts = layout_lib.cod_counts(data.length, pard.num_depths, pard.r, pard.r_min)
@@ -178,15 +206,35 @@ def validate_mesh(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 
 
 def validate_model(config: ml_collections.ConfigDict, model_config: ModelConfig) -> None:
-  _require(config.pard.mask_token < model_config.vocab_size, "pard.mask_token",
-           f"{config.pard.mask_token} is outside the model vocabulary "
-           f"[0, {model_config.vocab_size})")
+  if config.pard.drafter == "pard":
+    _require(config.pard.mask_token < model_config.vocab_size, "pard.mask_token",
+             f"{config.pard.mask_token} is outside the model vocabulary "
+             f"[0, {model_config.vocab_size})")
   _require(config.model.draft_vocab_size <= model_config.vocab_size, "model.draft_vocab_size",
            f"{config.model.draft_vocab_size} exceeds the model vocabulary "
            f"({model_config.vocab_size})")
   _require(config.data.length <= model_config.max_position_embeddings, "data.length",
            f"{config.data.length} exceeds the model's max_position_embeddings "
            f"({model_config.max_position_embeddings})")
+
+
+DRAFTERS = ("pard", "parallelspec")
+
+
+def mask_tokens(config: ml_collections.ConfigDict, vocab_size: int) -> tuple[int, ...]:
+  """Depth k's input id at index k - 1; ParallelSpec without ids gets rows V .. V+K-2."""
+  k, pard = config.pard.num_depths, config.pard
+  if pard.drafter == "pard":
+    return (pard.mask_token,) * (k - 1)
+  return tuple(pard.mask_tokens) or tuple(range(vocab_size, vocab_size + k - 1))
+
+
+def drafter_metadata(config: ml_collections.ConfigDict,
+                     masks: tuple[int, ...]) -> dict[str, Any]:
+  """The ModelConfig fields that tell decoding what kind of drafter this is."""
+  if config.pard.drafter == "pard":
+    return dict(pard_token=config.pard.mask_token, spd_type="pard")
+  return dict(parallelspec_tokens=masks, spd_type="parallelspec")
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -291,8 +339,9 @@ class MetricsLog:
     record = dict(step=step, loss=loss, grad_norm=float(metrics["grad_norm"]),
                   tokens_per_s=self.tokens_per_step * (step - self.last_step)
                   / (now - self.last_time))
-    for name in ("loss", "accuracy"):
-      for depth, value in enumerate(metrics[f"{name}_per_depth"].tolist()):
+    for name in ("loss", "accuracy", "kl"):
+      per_depth = metrics.get(f"{name}_per_depth")
+      for depth, value in enumerate([] if per_depth is None else per_depth.tolist()):
         record[f"{name}/depth_{depth}"] = value
     self.last_time, self.last_step = now, step
     self.history.append(record)
@@ -309,7 +358,7 @@ class MetricsLog:
 
 
 def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
-           config: ml_collections.ConfigDict) -> pathlib.Path:
+           config: ml_collections.ConfigDict, masks: tuple[int, ...]) -> pathlib.Path:
   """Writes `workdir/hf` from process 0, after gathering the parameters onto every host.
 
   A drafter trained with its shared tensors frozen (`train.trainable="layers"`) is also
@@ -319,7 +368,7 @@ def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
   out = workdir / "hf"
   if jax.process_index() == 0:
     model = nnx.merge(model_graphdef, params)
-    model.config = model.config.replace(pard_token=config.pard.mask_token, spd_type="pard")
+    model.config = model.config.replace(**drafter_metadata(config, masks))
     extra = {}
     hf_config = model.config.to_hf()
     # From-scratch models know their special tokens only through the tokenizer.
@@ -348,18 +397,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   steps = total_steps(config, rows.num_rows)
   model = load_model(config, mesh)
   validate_model(config, model.config)
+  masks = mask_tokens(config, model.config.vocab_size)
+  if masks and max(masks) >= model.config.vocab_size:
+    model = grow_vocab(model, max(masks) + 1)
   if config.model.draft_vocab_size:
     model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
         rows, config.model.draft_vocab_size, model.config.vocab_size))
   graphdef, params = nnx.split(model)
   del model
   optimizer = training.make_optimizer(optimizer_config(config, steps), config.train.trainable,
-                                      config.pard.mask_token)
+                                      masks)
   state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
   pard = training.PardConfig(
       counts=layout_lib.cod_counts(config.data.length, config.pard.num_depths, config.pard.r,
                                    config.pard.r_min),
-      mask_token=config.pard.mask_token, frozen_head=config.train.trainable == "layers")
+      mask_tokens=masks, frozen_head=config.train.trainable == "layers",
+      ce_weight=config.loss.ce_weight, kl_weight=config.loss.kl_weight)
+  teacher = ()  # the teacher's parameters, the train step's 4th argument, with KL
+  teacher_graphdef = teacher_sharding = None
+  if pard.kl_weight > 0:
+    teacher_graphdef, teacher_params = nnx.split(checkpoints.load_model(
+        config.loss.teacher or config.model.init, dtype=config.model.dtype,
+        param_dtype=config.model.param_dtype, mesh=mesh))
+    teacher = (teacher_params,)
+    teacher_sharding = jax.tree.map(lambda x: x.sharding, teacher_params)
   batches = data_lib.BatchIterator(rows, config.train.batch_size, config.data.seed,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
@@ -372,7 +433,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
                rows.num_rows, config.data.length, steps, pard.counts,
                sum(pard.counts) / config.data.length)
   step_fn = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding,
-                                    config.train.grad_accum_steps)
+                                    config.train.grad_accum_steps, teacher_graphdef,
+                                    teacher_sharding)
   in_sharding = sharding_lib.batch_sharding(mesh)
   rng = jax.random.key(config.train.seed)
   is_main = jax.process_index() == 0
@@ -385,7 +447,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
       for step in range(start + 1, steps + 1):
         batch = {k: jax.make_array_from_process_local_data(in_sharding, v)
                  for k, v in next(batches).items()}
-        state, metrics = step_fn(state, batch, rng)
+        state, metrics = step_fn(state, batch, rng, *teacher)
         if pending is not None:
           log(*pending, manager.latest_step())
         pending = (step, metrics)
@@ -397,6 +459,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
     manager.wait_until_finished()
     if log is not None:
       log.close()
-  out = export(graphdef, state, mesh, workdir, tokenizer, config)
+  out = export(graphdef, state, mesh, workdir, tokenizer, config, pard.mask_tokens)
   logging.info("exported the PARD drafter to %s", out)
   return log.history

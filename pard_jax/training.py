@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,11 +56,11 @@ def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
 TRAINABLE = ("all", "layers")
 
 
-def freeze_shared(mask_token: int) -> optax.GradientTransformation:
-  """Zeroes updates of the embedding (but its mask row), the final norm and an untied head.
+def freeze_shared(mask_tokens: Sequence[int]) -> optax.GradientTransformation:
+  """Zeroes updates of the embedding (but its mask rows), the final norm and an untied head.
 
   For a drafter cut from its target: the shared tensors stay the target's, and only the kept
-  layers and the mask token's embedding learn. Applied before clipping (frozen gradients do
+  layers and the mask tokens' embeddings learn. Applied before clipping (frozen gradients do
   not count in the norm) and after AdamW (no weight decay reaches frozen values).
   """
   def update(updates, state, params=None):
@@ -71,14 +71,16 @@ def freeze_shared(mask_token: int) -> optax.GradientTransformation:
       if name.startswith("layers/"):
         return u
       if name.startswith("embed_tokens/"):
-        return u * (jnp.arange(u.shape[0]) == mask_token)[:, None].astype(u.dtype)
+        rows = np.zeros((u.shape[0], 1), np.float32)
+        rows[list(mask_tokens)] = 1.0
+        return u * jnp.asarray(rows, u.dtype)
       return jnp.zeros_like(u)
     return jax.tree_util.tree_map_with_path(keep, updates), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(cfg: OptimizerConfig, trainable: str = "all",
-                   mask_token: int = -1) -> optax.GradientTransformation:
+                   mask_tokens: Sequence[int] = ()) -> optax.GradientTransformation:
   """AdamW with optional clipping; `trainable="layers"` freezes the shared tensors."""
   if trainable not in TRAINABLE:
     raise ValueError(f"unknown trainable {trainable!r}; known: {TRAINABLE}")
@@ -88,18 +90,21 @@ def make_optimizer(cfg: OptimizerConfig, trainable: str = "all",
   if cfg.max_grad_norm > 0:
     chain.insert(0, optax.clip_by_global_norm(cfg.max_grad_norm))
   if trainable == "layers":
-    chain = [freeze_shared(mask_token)] + chain + [freeze_shared(mask_token)]
+    chain = [freeze_shared(mask_tokens)] + chain + [freeze_shared(mask_tokens)]
   return optax.chain(*chain) if len(chain) > 1 else adamw
 
 
 @dataclasses.dataclass(frozen=True)
 class PardConfig:
-  """Static description of the layout: kept slots per depth and the shared mask token."""
+  """Static description of the layout and loss: kept slots per depth, each depth's mask id
+  (one shared id for PARD, distinct ids for ParallelSpec) and the loss weights."""
   counts: tuple[int, ...]
-  mask_token: int
+  mask_tokens: tuple[int, ...]  # depth k >= 1 feeds mask_tokens[k - 1]
   # The head is frozen (`trainable="layers"`): skip its weight gradient, the costliest matmul
   # of a small drafter's step (vocab x hidden per slot); hidden states still get theirs.
   frozen_head: bool = False
+  ce_weight: float = 1.0  # cross-entropy on the data's next tokens
+  kl_weight: float = 0.0  # KL(target || drafter) at every slot; needs a teacher (PARD-2: 0.1, 1.0)
 
   @property
   def num_depths(self) -> int:
@@ -117,14 +122,49 @@ def head_labels(config, labels_BxS, weights_BxS):
   return jnp.maximum(index_BxS, 0), weights_BxS * (index_BxS >= 0).astype(weights_BxS.dtype)
 
 
+def teacher_logits(teacher_params, teacher_graphdef: nnx.GraphDef,
+                   batch: dict[str, jax.Array]) -> jax.Array:
+  """The teacher's next-token logits `[batch, L, V_teacher]` over the packed rows (each document
+  sees only itself), without gradient."""
+  depths_BxL = jnp.zeros_like(batch["positions"])
+  mask_BxLxL = layout_lib.attention_mask(depths_BxL, batch["positions"], batch["segment_ids"])
+  teacher = nnx.merge(teacher_graphdef, teacher_params)
+  logits_BxLxV, _ = teacher(batch["tokens"], batch["positions"], attn_mask_BxSxT=mask_BxLxL)
+  return jax.lax.stop_gradient(logits_BxLxV)
+
+
+def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
+  """KL(p_teacher || q_drafter) `[batch, S]` over the drafter head's vocabulary.
+
+  Slot s is compared with the teacher at its row index (the same next token). The teacher's
+  distribution is renormalised on the head's tokens: a restricted head gives the rest q = 0.
+  Drafter rows past the teacher's vocabulary (appended mask rows) get p = 0.
+  """
+  teacher_BxSxV = jnp.take_along_axis(teacher_BxLxV, index_BxS[..., None], axis=1)
+  if config.draft_vocab is not None:
+    teacher_BxSxR = teacher_BxSxV[..., jnp.asarray(config.draft_vocab)]
+  else:
+    extra = logits_BxSxR.shape[-1] - teacher_BxSxV.shape[-1]
+    teacher_BxSxR = (jnp.pad(teacher_BxSxV, ((0, 0), (0, 0), (0, extra)),
+                             constant_values=-jnp.inf) if extra > 0
+                     else teacher_BxSxV[..., :logits_BxSxR.shape[-1]])
+  log_p = jax.nn.log_softmax(teacher_BxSxR, axis=-1)
+  log_q = jax.nn.log_softmax(logits_BxSxR, axis=-1)
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
 def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
-                 row_keys_B: jax.Array, pard: PardConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Summed weighted cross-entropy over the layout, and per-depth sums `[K]`.
+                 row_keys_B: jax.Array, pard: PardConfig,
+                 teacher_BxLxV: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Summed weighted loss (`ce_weight` * CE + `kl_weight` * KL) over the layout, and per-depth
+  sums `[K]`.
 
   Sums (not means) make gradient accumulation and data parallelism exact: the step divides by
   the total weight once.
   """
-  layout = layout_lib.build_layout(row_keys_B, batch, pard.counts, pard.mask_token)
+  layout = layout_lib.build_layout(row_keys_B, batch, pard.counts, pard.mask_tokens)
   mask_BxSxS = layout_lib.attention_mask(layout["depths"], layout["positions"],
                                          layout["segment_ids"])
   model = nnx.merge(graphdef, params)
@@ -140,16 +180,24 @@ def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
   per_depth = lambda x_BxS: jnp.einsum("bs,sk->k", x_BxS * weights_BxS, onehot_SxK)
   stats = dict(nll=per_depth(nll_BxS), correct=per_depth(correct_BxS),
                count=per_depth(jnp.ones_like(nll_BxS)))
-  return jnp.sum(nll_BxS * weights_BxS), stats
+  loss_BxS = pard.ce_weight * nll_BxS
+  if teacher_BxLxV is not None:
+    kl_BxS = kl_to_teacher(model.config, logits_BxSxR, teacher_BxLxV, layout["index"])
+    stats["kl"] = per_depth(kl_BxS)
+    loss_BxS = loss_BxS + pard.kl_weight * kl_BxS
+  return jnp.sum(loss_BxS * weights_BxS), stats
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-               pard: PardConfig, accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
+               teacher_params=None, *, graphdef: nnx.GraphDef,
+               optimizer: optax.GradientTransformation, pard: PardConfig, accum_steps: int = 1,
+               teacher_graphdef: nnx.GraphDef | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a `[batch, L]` packed batch, accumulated over `accum_steps` chunks.
 
   Chunk c takes rows c, c + accum_steps, ... so every chunk stays split over the data axes. Each
   row's COD sample depends only on (rng, step, row), so accumulation does not change the layout.
+  With `pard.kl_weight > 0` the teacher (a frozen model, usually the target) runs on each chunk.
   """
   def chunk(x):  # [batch, ...] -> [accum_steps, batch / accum_steps, ...]
     return x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1)
@@ -158,13 +206,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   row_keys_B = jax.random.split(jax.random.fold_in(rng, state["step"]),
                                 batch["tokens"].shape[0])
 
+  use_teacher = pard.kl_weight > 0
+
   def accumulate(carry, xs):
     micro_batch, micro_keys = xs
-    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, pard)
+    teacher = (teacher_logits(teacher_params, teacher_graphdef, micro_batch) if use_teacher
+               else None)
+    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, pard, teacher)
     return jax.tree.map(jnp.add, carry, (grads, stats)), None
 
+  stat_names = ("nll", "correct", "count") + (("kl",) if use_teacher else ())
   zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
-           {k: jnp.zeros((pard.num_depths,), jnp.float32) for k in ("nll", "correct", "count")})
+           {k: jnp.zeros((pard.num_depths,), jnp.float32) for k in stat_names})
   (grads, stats), _ = jax.lax.scan(
       accumulate, zeros, (jax.tree.map(chunk, batch), chunk(row_keys_B)))
   total = jnp.maximum(jnp.sum(stats["count"]), 1.0)
@@ -172,9 +225,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   count_K = jnp.maximum(stats["count"], 1.0)
-  metrics = dict(loss=jnp.sum(stats["nll"]) / total, loss_per_depth=stats["nll"] / count_K,
+  loss = pard.ce_weight * jnp.sum(stats["nll"])
+  metrics = dict(loss_per_depth=stats["nll"] / count_K,
                  accuracy_per_depth=stats["correct"] / count_K, tokens_per_depth=stats["count"],
                  grad_norm=optax.tree.norm(grads))
+  if use_teacher:
+    loss = loss + pard.kl_weight * jnp.sum(stats["kl"])
+    metrics["kl_per_depth"] = stats["kl"] / count_K
+  metrics["loss"] = loss / total
   return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
 
 
@@ -183,13 +241,17 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
 
 
 def jit_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                   pard: PardConfig, mesh: Mesh, state_sharding, accum_steps: int = 1):
-  """`train_step` jitted over `mesh`: state kept in its shardings and donated, batch split."""
+                   pard: PardConfig, mesh: Mesh, state_sharding, accum_steps: int = 1,
+                   teacher_graphdef: nnx.GraphDef | None = None, teacher_sharding=None):
+  """`train_step` jitted over `mesh`: state kept in its shardings and donated, batch split;
+  with a teacher, its parameters are a 4th argument, kept in `teacher_sharding`."""
   replicated = NamedSharding(mesh, P())
   step = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, pard=pard,
-                           accum_steps=accum_steps)
-  return jax.jit(step, in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh),
-                                     replicated),
+                           accum_steps=accum_steps, teacher_graphdef=teacher_graphdef)
+  in_shardings = (state_sharding, sharding_lib.batch_sharding(mesh), replicated)
+  if teacher_graphdef is not None:
+    in_shardings += (teacher_sharding,)
+  return jax.jit(step, in_shardings=in_shardings,
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 

@@ -263,14 +263,16 @@ def _draw(method, top_k, seed=0, draft_vocab=None):
   drafter.config = drafter.config.replace(draft_vocab=draft_vocab)
   prompt = [1, 3]
   result = decode(target, drafter, [prompt] * SAMPLES, seed=seed, method=method,
-                  num_draft_tokens=2, max_new_tokens=STEPS, temperature=1.0, top_k=top_k,
-                  mask_token_ids=(4,) if method == "pard" else ())
+                  num_draft_tokens=3 if method == "parallelspec" else 2, max_new_tokens=STEPS,
+                  temperature=1.0, top_k=top_k,
+                  mask_token_ids={"pard": (4,), "parallelspec": (3, 4)}.get(method, ()))
   return np.asarray(result.output_ids), exact_distribution(target, prompt, top_k)
 
 
 @pytest.mark.parametrize("method, top_k, draft_vocab", [
     ("sd", 0, None), ("pard", 0, None), ("sd", 3, None), ("pard", 3, None),
-    ("sd", 0, (0, 2, 3)), ("pard", 0, (1, 4))])  # restricted heads: q = 0 on other tokens
+    ("sd", 0, (0, 2, 3)), ("pard", 0, (1, 4)),  # restricted heads: q = 0 on other tokens
+    ("parallelspec", 0, None)])
 def test_sampling_preserves_target_distribution(method, top_k, draft_vocab):
   samples, exact = _draw(method, top_k, draft_vocab=draft_vocab)
   assert samples.shape == (SAMPLES, STEPS)

@@ -14,10 +14,14 @@ from tests.helpers import packed_batch
 MASK = 7
 
 
+def masks_for(counts, distinct):
+  """Depth k's mask id: PARD's shared one, or ParallelSpec's distinct ids 60, 61, ..."""
+  return tuple(59 + k if distinct else MASK for k in range(1, len(counts)))
 
-def make_layout(batch, counts, seed=0):
+
+def make_layout(batch, counts, seed=0, distinct=False):
   keys = jax.random.split(jax.random.key(seed), batch["tokens"].shape[0])
-  fn = jax.jit(lambda k, b: layout.build_layout(k, b, counts, MASK))
+  fn = jax.jit(lambda k, b: layout.build_layout(k, b, counts, masks_for(counts, distinct)))
   out = jax.device_get(fn(keys, batch))
   out["mask"] = np.asarray(jax.jit(layout.attention_mask)(
       out["depths"], out["positions"], out["segment_ids"]))
@@ -53,13 +57,13 @@ def test_counts_validation(args, field):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(num_depths=st.integers(1, 5), extra=st.integers(0, 20),
        r=st.floats(0.05, 1.0), r_min=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),
-       data=st.data())
-def test_mask_matches_inference_and_chain(num_depths, extra, r, r_min, seed, data):
+       distinct=st.booleans(), data=st.data())
+def test_mask_matches_inference_and_chain(num_depths, extra, r, r_min, seed, distinct, data):
   length = num_depths + extra
   counts = layout.cod_counts(length, num_depths, r, r_min)
   split = data.draw(st.integers(1, length))  # two packed documents when split < length
   batch = packed_batch([[split, length - split] if split < length else [length]], length, seed)
-  out = make_layout(batch, counts, seed)
+  out = make_layout(batch, counts, seed, distinct)
   row = {k: v[0] for k, v in batch.items()}
   depth, index, mask = out["depths"][0], out["index"][0], out["mask"][0]
   assert len(depth) == sum(counts)
@@ -77,7 +81,9 @@ def test_mask_matches_inference_and_chain(num_depths, extra, r, r_min, seed, dat
     assert (out["weights"][0, s] > 0) == (valid and row["weights"][t] > 0)
     if valid:
       assert seen == inference_keys(row, d, t)
-  np.testing.assert_array_equal(out["tokens"][0], np.where(depth == 0, row["tokens"][index], MASK))
+  masks = np.asarray((0,) + masks_for(counts, distinct))
+  np.testing.assert_array_equal(out["tokens"][0],
+                                np.where(depth == 0, row["tokens"][index], masks[depth]))
   np.testing.assert_array_equal(out["labels"][0], row["labels"][index])
 
 
@@ -92,13 +98,21 @@ def test_cod_samples_cover_all_successors():
   assert len({tuple(row) for row in indices}) > 150  # rows draw independently
 
 
-def test_training_logits_equal_inference_logits():
+def test_mask_token_count_is_checked():
+  with pytest.raises(ValueError, match="4 depths need 3 mask tokens"):
+    layout.build_layout(jax.random.split(jax.random.key(0), 1), packed_batch([[8]], 8),
+                        (8, 5, 3, 2), (7, 7))
+
+
+@pytest.mark.parametrize("distinct", [False, True], ids=["pard", "parallelspec"])
+def test_training_logits_equal_inference_logits(distinct):
   config = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                        num_heads=4, num_kv_heads=2, head_dim=8)
   model = create_model(config, seed=1)
   length, counts = 14, layout.cod_counts(14, 4, 0.8, 0.3)
   batch = packed_batch([[9, 5]], length, seed=3, vocab=64)
-  out = make_layout(batch, counts, seed=5)
+  out = make_layout(batch, counts, seed=5, distinct=distinct)
+  masks = masks_for(counts, distinct)
   forward = jax.jit(lambda x, q, m=None: model(x, q, attn_mask_BxSxT=m)[0])
   logits = forward(out["tokens"], out["positions"], out["mask"])
   queries = [(s, d, t, int(batch["positions"][0, t]))
@@ -107,7 +121,7 @@ def test_training_logits_equal_inference_logits():
   # Inference inputs [prefix, mask x d], right-padded (causal: padding is never seen).
   inputs = np.zeros((len(queries), length), np.int32)
   for i, (_, d, t, p) in enumerate(queries):
-    inputs[i, :p + 1] = batch["tokens"][0, t - p:t - d + 1].tolist() + [MASK] * d
+    inputs[i, :p + 1] = batch["tokens"][0, t - p:t - d + 1].tolist() + list(masks[:d])
   positions = np.broadcast_to(np.arange(length), inputs.shape)
   expected = forward(inputs, positions)
   assert len(queries) >= 10

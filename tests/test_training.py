@@ -5,6 +5,8 @@ import json
 import jax
 import numpy as np
 import pytest
+import scipy.special
+import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -13,7 +15,7 @@ from pard_jax.config import ModelConfig
 from pard_jax.eval import job
 from pard_jax.model import create_model
 
-from tests.helpers import load_config, packed_batch
+from tests.helpers import ROOT, load_config, packed_batch
 
 CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=16)
@@ -47,7 +49,7 @@ def run_steps(mesh, accum_steps=1, steps=2):
   # are sign(g), which turns float reordering noise on near-zero gradients into lr-sized jumps.
   optimizer = training.make_optimizer(training.OptimizerConfig(
       learning_rate=1e-2, eps=1e-3, weight_decay=0.01, total_steps=10))
-  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_token=5)
+  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3)
   state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
   step = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding, accum_steps)
   batch = packed_batch([[24], [10, 14], [24], [5, 19]] * 2, 24, seed=1, vocab=96)
@@ -62,8 +64,8 @@ def frozen_run(tied: bool, frozen_head: bool):
   model = create_model(CONFIG.replace(tie_word_embeddings=tied), seed=0)
   graphdef, params = nnx.split(model)
   optimizer = training.make_optimizer(training.OptimizerConfig(
-      learning_rate=1e-2, weight_decay=0.1, total_steps=10), trainable="layers", mask_token=5)
-  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_token=5,
+      learning_rate=1e-2, weight_decay=0.1, total_steps=10), trainable="layers", mask_tokens=(5,))
+  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3,
                              frozen_head=frozen_head)
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
@@ -102,7 +104,7 @@ def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   model.config = CONFIG.replace(draft_vocab=ids)
   graphdef, params = nnx.split(model)
   keys = jax.random.split(jax.random.key(0), 2)
-  pard = training.PardConfig(counts=(24,), mask_token=5)
+  pard = training.PardConfig(counts=(24,), mask_tokens=())
   loss, stats = training.layout_stats(params, graphdef, batch, keys, pard)
 
   logp = jax.nn.log_softmax(np.asarray(full_logits)[..., list(ids)], axis=-1)
@@ -111,6 +113,36 @@ def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   picked = [-logp[r, s, index[batch["labels"][r, s]]] for r, s in zip(*np.nonzero(inside))]
   np.testing.assert_allclose(loss, np.sum(picked), rtol=1e-5)
   assert stats["count"][0] == inside.sum() < batch["weights"].sum()
+
+
+def test_kl_loss_matches_a_reference_computation():
+  counts = layout.cod_counts(12, 3, 0.8, 0.3)
+  batch = packed_batch([[12], [5, 7]], 12, seed=4, vocab=96)
+  keys = jax.random.split(jax.random.key(2), 2)
+  drafter, teacher = create_model(CONFIG, seed=0), create_model(CONFIG, seed=9)
+  graphdef, params = nnx.split(drafter)
+  teacher_graphdef, teacher_params = nnx.split(teacher)
+  pard = training.PardConfig(counts, (90, 91), ce_weight=0.1, kl_weight=1.0)
+  teacher_logits = training.teacher_logits(teacher_params, teacher_graphdef, batch)
+  loss, stats = training.layout_stats(params, graphdef, batch, keys, pard, teacher_logits)
+
+  # Reference: each document on its own through the teacher; the layout through the drafter.
+  out = jax.device_get(layout.build_layout(keys, batch, counts, (90, 91)))
+  mask = layout.attention_mask(out["depths"], out["positions"], out["segment_ids"])
+  q_logits = np.asarray(drafter(out["tokens"], out["positions"], attn_mask_BxSxT=mask)[0])
+  p_logits = np.zeros((2, 12, CONFIG.vocab_size), np.float32)
+  for b, start, end in [(0, 0, 12), (1, 0, 5), (1, 5, 12)]:
+    doc = batch["tokens"][b, start:end][None]
+    p_logits[b, start:end] = np.asarray(teacher(doc, np.arange(end - start)[None])[0])[0]
+  b, s = np.nonzero(out["weights"])
+  t = out["index"][b, s]
+  log_p = scipy.special.log_softmax(p_logits[b, t], axis=-1)
+  log_q = scipy.special.log_softmax(q_logits[b, s], axis=-1)
+  kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+  nll = -log_q[np.arange(len(b)), batch["labels"][b, t]]
+  expected = np.sum(0.1 * nll + kl)
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  assert stats["kl"].shape == (3,) and np.all(stats["kl"] > 0)
 
 
 def test_sharded_step_matches_single_device():
@@ -200,6 +232,25 @@ def test_tiny_run_learns_and_exports(tmp_path):
   pard = result.cell("prompts", "pard", 4)
   assert pard.identical_to_ar == 2 and pard.tau > 1.5, pard
   assert result.records[0]["text"]
+
+
+def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
+  config = load_config("configs/tiny_parallelspec.py")
+  config.train.update(dict(num_steps=40, log_every=20, checkpoint_every=40))
+  history = train_loop.train(config, str(tmp_path))
+  assert history[-1]["accuracy/depth_1"] > 0.05
+  hf = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert hf["spd_type"] == "parallelspec" and hf["parallelspec_tokens"] == [512, 513, 514]
+  assert hf["vocab_size"] == 515 and "pard_token" not in hf
+  assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").config.vocab_size \
+      == 515
+
+  decode = load_config("configs/decode.py")
+  decode.update(dict(target=str(tmp_path / "hf"), drafter=str(tmp_path / "hf"),
+                     method="parallelspec", num_draft_tokens=(4,), max_new_tokens=24,
+                     prompts=str(ROOT / "data/prompts/chat.jsonl"), max_prompts=2))
+  cell = job.run(decode).cell("chat", "parallelspec", 4)
+  assert cell.identical_to_ar == 2 and cell.tau > 1.2, cell
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

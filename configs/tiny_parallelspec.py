@@ -1,0 +1,17 @@
+"""configs/tiny.py as a ParallelSpec drafter: K-1 = 3 distinct trainable mask tokens, appended
+as embedding rows 512-514 past the tokenizer's vocabulary. Under 2 minutes on 2 CPU cores.
+
+  python train.py --config=configs/tiny_parallelspec.py --workdir=/tmp/ps_tiny
+  python decode.py --config.target=/tmp/ps_tiny/hf --config.drafter=/tmp/ps_tiny/hf \
+      --config.method=parallelspec --config.prompts=data/prompts/chat.jsonl
+"""
+
+import pathlib
+import runpy
+
+
+def get_config():
+  config = runpy.run_path(str(pathlib.Path(__file__).with_name("tiny.py")))["get_config"]()
+  config.pard.drafter = "parallelspec"
+  config.pard.mask_tokens = ()  # empty: new rows past the vocabulary, one per depth
+  return config
