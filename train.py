@@ -10,7 +10,7 @@ same command resumes from the latest checkpoint.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pard_jax import train_loop
+from pard_jax.train import checkpointing, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -22,8 +22,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  train_loop.quiet_orbax_logs()
-  train_loop.train(_CONFIG.value, _WORKDIR.value)
+  checkpointing.quiet_orbax_logs()
+  loop.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ The config argument (or --config.model.init) is a local HF directory; the PARD c
 published, so data.source is yours to give (chat-formatted conversations).
 """
 
-from pard_jax import train_loop
+from pard_jax.train import schema
 
 
 def get_config(init: str = ""):
-  config = train_loop.default_config()
+  config = schema.default_config()
   config.model.init = init
   config.model.dtype = "bfloat16"
   config.data.length = 512

@@ -7,11 +7,11 @@ Mask 151665 is the first id past Qwen2.5's added tokens (the embedding matrix is
 151936 rows); it collides with Qwen3's added tokens, so pick another id for Qwen3 drafters.
 """
 
-from pard_jax import train_loop
+from pard_jax.train import schema
 
 
 def get_config(init: str = ""):
-  config = train_loop.default_config()
+  config = schema.default_config()
   config.model.init = init
   config.model.dtype = "bfloat16"
   config.data.length = 512

@@ -11,11 +11,11 @@ contains it, so its embedding row is free to learn the PARD mask. SmolLM2 has no
 """
 
 from pard_jax import checkpoints
-from pard_jax import train_loop
+from pard_jax.train import schema
 
 
 def get_config():
-  config = train_loop.default_config()
+  config = schema.default_config()
   config.model.init = str(checkpoints.smollm2_gguf_path())
   config.model.dtype = "bfloat16"
   config.data.source = "data/tiny_chat.jsonl"

@@ -23,13 +23,13 @@ row in float16, 28 MB): that is what `drafters/smollm2_135m_pard` ships.
 import pathlib
 
 from pard_jax import checkpoints
-from pard_jax import train_loop
+from pard_jax.train import schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def get_config():
-  config = train_loop.default_config()
+  config = schema.default_config()
   config.model.init = str(checkpoints.smollm2_gguf_path())
   config.model.keep_layers = (0, 1, 2, 3)
   config.model.draft_vocab_size = 8192

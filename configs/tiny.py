@@ -3,11 +3,11 @@
   python train.py --config=configs/tiny.py --workdir=/tmp/pard_tiny
 """
 
-from pard_jax import train_loop
+from pard_jax.train import schema
 
 
 def get_config():
-  config = train_loop.default_config()
+  config = schema.default_config()
   config.model.arch.update(dict(
       vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
       num_kv_heads=2, head_dim=32, max_position_embeddings=512, tie_word_embeddings=True))

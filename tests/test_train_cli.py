@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from pard_jax import checkpoints, train_loop
+from pard_jax import checkpoints
+from pard_jax.train import loop
 
 from tests.helpers import ROOT, load_config
 
@@ -67,7 +68,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
       node = node[part]
     node[name] = value
   reference = tmp_path / "reference"
-  train_loop.train(config, str(reference))
+  loop.train(config, str(reference))
   logged = lambda workdir: [json.loads(line)["step"]
                             for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert logged(killed) == logged(reference) == list(range(5, 101, 5))  # no rows twice

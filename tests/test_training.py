@@ -10,7 +10,8 @@ import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, data, layout, sharding, train_loop, training
+from pard_jax import checkpoints, data, layout, sharding, training
+from pard_jax.train import checkpointing, loop, schema
 from pard_jax.config import ModelConfig
 from pard_jax.eval import job
 from pard_jax.model import create_model
@@ -191,22 +192,22 @@ def test_bad_config_values_name_the_field(field, value, message):
   config = tiny_config()
   section, _, name = field.rpartition(".")
   (config[section] if section else config)[name] = value
-  with pytest.raises(train_loop.TrainConfigError, match=message):
-    train_loop.validate_config(config)
+  with pytest.raises(schema.TrainConfigError, match=message):
+    schema.validate_config(config)
 
 
 def test_batch_must_divide_data_parallel_mesh():
   config = tiny_config(batch_size=6)
-  with pytest.raises(train_loop.TrainConfigError, match="config.train.batch_size.*mesh size 4"):
-    train_loop.validate_mesh(config, sharding.make_mesh((2, 2, 2)))
+  with pytest.raises(schema.TrainConfigError, match="config.train.batch_size.*mesh size 4"):
+    schema.validate_mesh(config, sharding.make_mesh((2, 2, 2)))
   config.model.arch = {}
-  with pytest.raises(train_loop.TrainConfigError, match="config.model.init: is required"):
-    train_loop.validate_config(config)
+  with pytest.raises(schema.TrainConfigError, match="config.model.init: is required"):
+    schema.validate_config(config)
 
 
 def test_tiny_run_learns_and_exports(tmp_path):
   config = tiny_config(num_steps=40, log_every=10, checkpoint_every=20)
-  history = train_loop.train(config, str(tmp_path))
+  history = loop.train(config, str(tmp_path))
   losses = [r["loss"] for r in history]
   assert len(losses) == 4 and losses[-1] < losses[0] - 1.0
   assert history[-1]["accuracy/depth_1"] > 0.05  # 25x chance (1/512)
@@ -237,7 +238,7 @@ def test_tiny_run_learns_and_exports(tmp_path):
 def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
   config = load_config("configs/tiny_parallelspec.py")
   config.train.update(dict(num_steps=40, log_every=20, checkpoint_every=40))
-  history = train_loop.train(config, str(tmp_path))
+  history = loop.train(config, str(tmp_path))
   assert history[-1]["accuracy/depth_1"] > 0.05
   hf = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert hf["spd_type"] == "parallelspec" and hf["parallelspec_tokens"] == [512, 513, 514]
@@ -257,8 +258,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config(num_steps=30, checkpoint_every=2, learning_rate=1e30, warmup_steps=0,
                        max_grad_norm=0.0, schedule="constant")
   with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step (\d+)") as err:
-    train_loop.train(config, str(tmp_path))
+    loop.train(config, str(tmp_path))
   bad_step = int(err.value.args[0].split(" at step ")[1].split(":")[0])
-  manager = train_loop.checkpoint_manager(tmp_path, config)
+  manager = checkpointing.checkpoint_manager(tmp_path, config)
   assert manager.latest_step() is not None and manager.latest_step() < bad_step
   assert not (tmp_path / "hf").exists()

@@ -1,0 +1,38 @@
+"""The end of a run: the trained drafter as a HF directory, and as a delta over its init."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pard_jax import checkpoints
+from pard_jax.train import schema
+
+
+def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
+           config: ml_collections.ConfigDict, masks: tuple[int, ...]) -> pathlib.Path:
+  """Writes `workdir/hf` from process 0, after gathering the parameters onto every host.
+
+  A drafter trained with its shared tensors frozen (`train.trainable="layers"`) is also
+  written as `workdir/delta`: only what differs from `model.init`, in float16.
+  """
+  params = jax.jit(lambda p: p, out_shardings=NamedSharding(mesh, P()))(state["params"])
+  out = workdir / "hf"
+  if jax.process_index() == 0:
+    model = nnx.merge(model_graphdef, params)
+    model.config = model.config.replace(**schema.drafter_metadata(config, masks))
+    extra = {}
+    hf_config = model.config.to_hf()
+    # From-scratch models know their special tokens only through the tokenizer.
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+      if hf_config.get(name) is None and getattr(tokenizer, name, None) is not None:
+        extra[name] = getattr(tokenizer, name)
+    checkpoints.save_hf(model, out, tokenizer, extra_config=extra)
+    if config.train.trainable == "layers" and config.model.init:
+      checkpoints.save_delta(model, workdir / "delta", config.model.init,
+                             tuple(config.model.keep_layers))
+  return out

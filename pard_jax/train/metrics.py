@@ -1,0 +1,72 @@
+"""What a run logs: metrics.jsonl, TensorBoard event files and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import tensorboardX
+from absl import logging
+
+
+class MetricsLog:
+  """Checks every step's loss; every `log_every` steps writes metrics.jsonl, TensorBoard event
+  files (`workdir/tensorboard`, via tensorboardX) and the progress bar."""
+
+  def __init__(self, workdir: pathlib.Path, tokens_per_step: int, log_every: int, bar,
+               is_main: bool, start_step: int):
+    self.path = workdir / "metrics.jsonl"
+    self.tokens_per_step, self.log_every, self.bar, self.is_main = (
+        tokens_per_step, log_every, bar, is_main)
+    self.last_time, self.last_step = time.perf_counter(), None
+    self.history: list[dict[str, Any]] = []
+    if is_main and self.path.exists():
+      # Rows logged after the checkpoint we resume from are logged again: drop them.
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= start_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    # purge_step makes TensorBoard drop what an interrupted run logged past the checkpoint.
+    self.writer = (tensorboardX.SummaryWriter(str(workdir / "tensorboard"),
+                                              purge_step=start_step + 1) if is_main else None)
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+  def __call__(self, step: int, metrics, last_checkpoint: int | None) -> None:
+    metrics = jax.device_get(metrics)
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      raise FloatingPointError(
+          f"loss is {loss} at step {step}: stopping. The last good checkpoint is step "
+          f"{last_checkpoint} in {self.path.parent / 'checkpoints'}; lower train.learning_rate "
+          f"or check the data before resuming")
+    self.bar.update(1)
+    if self.last_step is None:
+      self.last_step = step - 1
+    if step % self.log_every:
+      return
+    now = time.perf_counter()
+    record = dict(step=step, loss=loss, grad_norm=float(metrics["grad_norm"]),
+                  tokens_per_s=self.tokens_per_step * (step - self.last_step)
+                  / (now - self.last_time))
+    for name in ("loss", "accuracy", "kl"):
+      per_depth = metrics.get(f"{name}_per_depth")
+      for depth, value in enumerate([] if per_depth is None else per_depth.tolist()):
+        record[f"{name}/depth_{depth}"] = value
+    self.last_time, self.last_step = now, step
+    self.history.append(record)
+    self.bar.set_postfix(loss=f"{loss:.3f}", acc0=f"{record['accuracy/depth_0']:.2f}",
+                         tok_s=f"{record['tokens_per_s']:.0f}")
+    if self.is_main:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+      for name, value in record.items():
+        if name != "step":
+          self.writer.add_scalar(name, value, step)
+      self.writer.flush()
+      logging.info("step %d: %s", step, record)
