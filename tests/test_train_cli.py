@@ -1,9 +1,11 @@
-"""train.py end to end: bad values fail fast, and a killed run resumes to identical parameters."""
+"""train.py end to end: bad values fail fast, a killed run resumes to identical parameters, and
+two processes (jax.distributed on localhost) train, checkpoint and resume like one."""
 
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,20 +62,58 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from step {interrupted_at}" in resumed.stderr
 
+  reference = tmp_path / "reference"
+  loop.train(tiny_config(OVERRIDES), str(reference))
+  assert logged(killed) == logged(reference) == list(range(5, 101, 5))  # no rows twice
+  assert_same_weights(killed, reference)
+
+
+def tiny_config(overrides):
   config = load_config("configs/tiny.py")
-  for key, value in OVERRIDES.items():
+  for key, value in overrides.items():
     section, _, name = key.rpartition(".")
     node = config
     for part in section.split("."):
       node = node[part]
     node[name] = value
-  reference = tmp_path / "reference"
-  loop.train(config, str(reference))
-  logged = lambda workdir: [json.loads(line)["step"]
-                            for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert logged(killed) == logged(reference) == list(range(5, 101, 5))  # no rows twice
-  got = checkpoints.read_safetensors(killed / "hf" / "model.safetensors")
+  return config
+
+
+def logged(workdir, key="step"):
+  return [json.loads(line)[key] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(workdir, reference, rtol=1e-5, atol=1e-6):
+  got = checkpoints.read_safetensors(workdir / "hf" / "model.safetensors")
   want = checkpoints.read_safetensors(reference / "hf" / "model.safetensors")
   assert got.keys() == want.keys()
   for name in want:
-    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
+  # A constant schedule, so that 3 steps then 3 more equal 6 in one go.
+  overrides = {**OVERRIDES, "train.schedule": "constant", "train.warmup_steps": 0,
+               "train.checkpoint_every": 3, "train.log_every": 3}
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "two_processes"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  for steps in (3, 6):  # the second run restores the first one's checkpoint
+    processes = [subprocess.Popen(
+        train_command(workdir, {**overrides, "train.num_steps": steps,
+                                "distributed.coordinator_address": f"localhost:{port}",
+                                "distributed.num_processes": 2, "distributed.process_id": i}),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+  assert "resumed from step 3" in errors[0] and "resumed from step 3" in errors[1]
+
+  reference = tmp_path / "one_process"  # 8 devices in this process, as 2 x 4 above
+  loop.train(tiny_config({**overrides, "train.num_steps": 6}), str(reference))
+  assert logged(workdir) == logged(reference) == [3, 6]
+  np.testing.assert_allclose(logged(workdir, "loss"), logged(reference, "loss"), rtol=1e-5)
+  assert_same_weights(workdir, reference, rtol=1e-4, atol=1e-5)

@@ -33,6 +33,8 @@ from pard_jax.train.metrics import MetricsLog
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   if config.distributed.num_processes > 1:
+    # CPU processes reduce across hosts over gloo; accelerators bring their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address,
                                num_processes=config.distributed.num_processes,
                                process_id=config.distributed.process_id)
