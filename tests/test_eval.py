@@ -40,7 +40,7 @@ def _config(models, **overrides):
   config = load_config("configs/decode.py")
   config.update(dict(target=str(models / "target"), drafter=str(models / "drafter"),
                      prompts=str(models / "prompts.jsonl"), max_new_tokens=NEW,
-                     max_prompts=0, stop_token_ids=()))
+                     method="ar", max_prompts=0, stop_token_ids=()))
   config.update(overrides)
   return config
 
