@@ -11,6 +11,8 @@ from pard_jax.eval import job
 from tests.helpers import ROOT, hf_logits, load_config
 
 SHIPPED = ROOT / "drafters/smollm2_135m_pard"
+# Measured τ at K=4 is 1.26 (MT-Bench) to 1.5 (GSM8K): the drafter is weak, but it must draft.
+TAU_FLOOR = 1.05
 
 
 def test_shipped_drafter_is_a_small_delta_over_the_target():
