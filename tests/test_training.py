@@ -185,6 +185,8 @@ def test_gradient_accumulation_matches_full_batch():
     ("train.learning_rate", 0.0, "config.train.learning_rate"),
     ("model.dtype", "int8", "config.model.dtype"),
     ("model.draft_vocab_size", -1, "config.model.draft_vocab_size"),
+    ("pard.drafter", "medusa", "config.pard.drafter: unknown drafter 'medusa'"),
+    ("loss.kl_weight", -1.0, "config.loss: ce_weight and kl_weight must be >= 0"),
     ("tokenizer", "/no/such/tokenizer", "config.tokenizer"),
     ("model.init", "/no/such/model", "config.model.init"),
 ])
@@ -193,6 +195,21 @@ def test_bad_config_values_name_the_field(field, value, message):
   section, _, name = field.rpartition(".")
   (config[section] if section else config)[name] = value
   with pytest.raises(schema.TrainConfigError, match=message):
+    schema.validate_config(config)
+
+
+def test_parallelspec_and_kl_settings_are_checked():
+  config = tiny_config()
+  config.pard.drafter = "parallelspec"
+  config.pard.mask_tokens = (5, 5, 6)
+  with pytest.raises(schema.TrainConfigError, match="config.pard.mask_tokens: must be 3 distinct"):
+    schema.validate_config(config)
+  config = tiny_config()
+  config.loss.update(dict(kl_weight=1.0, teacher="/no/such/teacher"))
+  with pytest.raises(schema.TrainConfigError, match="config.loss.teacher: '/no/such/teacher'"):
+    schema.validate_config(config)
+  config.loss.teacher = ""  # a from-scratch model has no model.init to fall back on
+  with pytest.raises(schema.TrainConfigError, match="config.loss.teacher: is required"):
     schema.validate_config(config)
 
 
