@@ -141,11 +141,11 @@ def main(argv):
     widths = [(w, middle) for w in sorted({1, 2, 2 * k})]
     results["drafter"] = _DRAFTER.value
     results["drafter_step_ms"] = {}
-    for head, config in (("restricted head", drafter.config),
-                         ("full head", drafter.config.replace(draft_vocab=None))):
+    heads = {"full head": drafter.config.replace(draft_vocab=None)}
+    if drafter.config.draft_vocab is not None:
+      heads = {"restricted head": drafter.config, **heads}
+    for head, config in heads.items():
       drafter.config = config
-      if head == "restricted head" and config.draft_vocab is None:
-        continue
       times = time_steps(drafter, widths, cache_len=prompt_len + _NEW.value,
                          repeats=_REPEATS.value)
       results["drafter_step_ms"][head] = {f"{w}_tokens": 1000 * t for w, t in times.items()}

@@ -396,6 +396,12 @@ def _resolve_base(reference: str, delta_dir: pathlib.Path) -> pathlib.Path:
   return base
 
 
+def _cut_fetcher(base: pathlib.Path, keep_layers: Sequence[int]):
+  """The fetch of `base`, renumbered to `keep_layers` when it was cut."""
+  fetch = _fetcher(base, load_config(base))
+  return _renumber_layers(fetch, tuple(keep_layers)) if keep_layers else fetch
+
+
 def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.PathLike,
                keep_layers: Sequence[int] = (), dtype: str = "float16",
                max_changed_rows: float = 0.5) -> pathlib.Path:
@@ -403,9 +409,7 @@ def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.Pa
   base = pathlib.Path(base)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  fetch = _fetcher(base, load_config(base))
-  if keep_layers:
-    fetch = _renumber_layers(fetch, tuple(keep_layers))
+  fetch = _cut_fetcher(base, keep_layers)
   stored = {}
   for name, array in model_tensors(model):
     original = np.asarray(fetch(name), array.dtype)
@@ -435,9 +439,7 @@ def _delta_fetcher(path: pathlib.Path, delta: dict[str, Any], config: ModelConfi
     raise CheckpointError(f"{path / 'config.json'}: {DELTA_FIELD} must be an object with a "
                           f"'base' path, got {delta!r}")
   base = _resolve_base(delta["base"], path)
-  fetch_base = _fetcher(base, load_config(base))
-  if delta.get("keep_layers"):
-    fetch_base = _renumber_layers(fetch_base, tuple(delta["keep_layers"]))
+  fetch_base = _cut_fetcher(base, delta.get("keep_layers") or ())
   stored = read_hf_weights(path)
 
   def fetch(name):
