@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pard_jax import checkpoints  # noqa: E402
+from pard_jax import checkpoints, drafting  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
 from pard_jax.eval.peers import load_transformers_model  # noqa: E402
 from pard_jax.eval.prompts import JsonlFile  # noqa: E402
@@ -151,8 +151,9 @@ def main(argv):
       results["drafter_step_ms"][head] = {f"{w}_tokens": 1000 * t for w, t in times.items()}
 
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
-  ar = run_ours(target, None, DecodeConfig(method="ar", **common), prompts)
-  sd = run_ours(target, target, DecodeConfig(method="sd", num_draft_tokens=k, **common), prompts)
+  ar = run_ours(target, None, DecodeConfig(**common), prompts)
+  sd_config = DecodeConfig(drafter=drafting.AutoregressiveDrafter(), num_draft_tokens=k, **common)
+  sd = run_ours(target, target, sd_config, prompts)
   # What the model steps alone would take for the same work: a prefill per model and prompt,
   # then per ar iteration one 1-token step, per sd iteration a 2-token catch-up step, K-1
   # single steps and one (K+1)-token verify.

@@ -413,6 +413,13 @@ def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.Pa
   stored = {}
   for name, array in model_tensors(model):
     original = np.asarray(fetch(name), array.dtype)
+    grown = len(array) - len(original)
+    if original.shape[1:] != array.shape[1:] or grown < 0:
+      raise CheckpointError(f"{name} is {array.shape} in the model but {original.shape} in the "
+                            f"base {base}: a delta stores changes to the base's tensors only")
+    if grown:  # rows appended past the base's vocabulary (ParallelSpec masks) are all new
+      original = np.concatenate([original, np.full((grown,) + array.shape[1:], np.nan,
+                                                    array.dtype)])
     changed_rows = np.any(array != original, axis=tuple(range(1, array.ndim)))
     if not changed_rows.any():
       continue
@@ -447,8 +454,12 @@ def _delta_fetcher(path: pathlib.Path, delta: dict[str, Any], config: ModelConfi
       return stored[name]
     array = fetch_base(name)
     if f"{name}:rows" in stored:
-      array = np.array(array, dtype=np.float32)
-      array[stored[f"{name}:row_ids"]] = stored[f"{name}:rows"]
+      row_ids = stored[f"{name}:row_ids"]
+      # Appended rows (a grown vocabulary) are always stored; they extend the base's table.
+      num_rows = max(len(array), int(row_ids.max()) + 1)
+      array = np.concatenate([np.asarray(array, np.float32),
+                              np.zeros((num_rows - len(array),) + array.shape[1:], np.float32)])
+      array[row_ids] = stored[f"{name}:rows"]
     return array
   return fetch
 

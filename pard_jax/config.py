@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pard_jax import drafting
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -45,11 +47,9 @@ class ModelConfig:
   max_position_embeddings: int = 2048
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype
-  # Extra config.json fields of published PARD drafters.
-  pard_token: int | None = None
-  spd_type: str | None = None
-  # ParallelSpec drafters: the distinct mask id of each depth 1..K-1.
-  parallelspec_tokens: tuple[int, ...] | None = None
+  # What config.json declares this model to be as a drafter (PARD's shared mask, ParallelSpec's
+  # distinct ones); None: a plain AR model. `drafting` reads and writes those fields.
+  drafter_kind: drafting.PardDrafter | drafting.ParallelSpecDrafter | None = None
   # A drafter's head restricted to these token ids (ascending): its logits are -inf elsewhere,
   # so it never proposes another token and verification stays exact (`config.json`
   # "draft_vocab"). None: the whole vocabulary.
@@ -78,9 +78,10 @@ class ModelConfig:
       rope_type = dict(self.rope_scaling).get("rope_type")
       if rope_type not in ("llama3", "default"):
         raise ConfigError(f"unsupported rope scaling type {rope_type!r} (supported: llama3)")
-    if self.pard_token is not None and not 0 <= self.pard_token < self.vocab_size:
-      raise ConfigError(f"pard_token {self.pard_token} is outside the vocabulary "
-                        f"[0, {self.vocab_size})")
+    if self.drafter_kind is not None and not all(
+        0 <= t < self.vocab_size for t in self.drafter_kind.tokens):
+      raise ConfigError(f"{self.drafter_kind.method} mask tokens {self.drafter_kind.tokens} lie "
+                        f"outside the vocabulary [0, {self.vocab_size})")
 
     if self.draft_vocab is not None:
       ids = np.asarray(self.draft_vocab)
@@ -148,11 +149,11 @@ class ModelConfig:
         "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
         "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling",
         "rope_parameters", "rms_norm_eps", "tie_word_embeddings", "attention_bias",
-        "max_position_embeddings", "pard_token", "spd_type", "torch_dtype", "dtype",
+        "max_position_embeddings", "torch_dtype", "dtype",
         "hidden_act", "architectures", "transformers_version", "use_sliding_window",
         "mlp_bias", "layer_types", "use_cache", "_name_or_path", "draft_vocab",
         "pard_jax_delta",  # read by checkpoints (a delta's base), not part of the model
-        "parallelspec_tokens",
+        *drafting.HF_FIELDS,
     }
     extra = tuple(sorted((k, _freeze(v)) for k, v in hf.items() if k not in known))
     fields = dict(
@@ -171,11 +172,8 @@ class ModelConfig:
         attention_bias=(model_type == "qwen2") or bool(hf.get("attention_bias", False)),
         qk_norm=model_type == "qwen3",
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        pard_token=hf.get("pard_token"),
-        spd_type=hf.get("spd_type"),
+        drafter_kind=drafting.from_hf(hf),
         draft_vocab=tuple(hf["draft_vocab"]) if hf.get("draft_vocab") else None,
-        parallelspec_tokens=(tuple(hf["parallelspec_tokens"]) if hf.get("parallelspec_tokens")
-                             else None),
         extra_hf_fields=extra,
     )
     fields.update(overrides)
@@ -207,14 +205,10 @@ class ModelConfig:
     )
     if self.model_type == "llama":
       hf["attention_bias"] = self.attention_bias
-    if self.pard_token is not None:
-      hf["pard_token"] = self.pard_token
-    if self.spd_type is not None:
-      hf["spd_type"] = self.spd_type
+    if self.drafter_kind is not None:
+      hf.update(self.drafter_kind.to_hf())
     if self.draft_vocab is not None:
       hf["draft_vocab"] = list(self.draft_vocab)
-    if self.parallelspec_tokens is not None:
-      hf["parallelspec_tokens"] = list(self.parallelspec_tokens)
     return hf
 
 

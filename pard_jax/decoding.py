@@ -29,9 +29,6 @@ from flax import nnx
 from pard_jax import drafting, sampling
 from pard_jax.model import KVCache, Transformer, init_cache
 
-METHODS = ("ar", "sd") + drafting.PARALLEL_METHODS
-
-
 class DecodeError(ValueError):
   """Bad decoding request: configuration, prompts or model pairing."""
 
@@ -39,22 +36,22 @@ class DecodeError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """Static settings of one compiled decoding loop (hashable: a jit static argument)."""
-  method: str = "ar"
+  drafter: drafting.DrafterKind = drafting.NoDrafter()  # `drafting.for_method` builds one
   num_draft_tokens: int = 4
   max_new_tokens: int = 64
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
   stop_token_ids: tuple[int, ...] = ()
-  mask_token_ids: tuple[int, ...] = ()  # K-1 ids after the real tokens (pard, parallelspec)
   # Ids [0, n) mean the same token to target and drafter, whose embedding tables may be padded
   # to different sizes (Qwen2.5-0.5B: 151936 rows, Qwen2.5-7B: 152064). 0: sizes must match.
   shared_vocab_size: int = 0
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise DecodeError(f"method must be one of {METHODS}, got {self.method!r}")
-    if self.method != "ar" and not 1 <= self.num_draft_tokens <= 64:
+    if not isinstance(self.drafter, drafting.DrafterKind):
+      raise DecodeError(f"drafter must be a drafting.DrafterKind (drafting.for_method(name) "
+                        f"for one of {', '.join(drafting.METHODS)}), got {self.drafter!r}")
+    if self.drafter.uses_drafter and not 1 <= self.num_draft_tokens <= 64:
       raise DecodeError(f"num_draft_tokens must be in [1, 64], got {self.num_draft_tokens}")
     if self.max_new_tokens < 1:
       raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -66,14 +63,15 @@ class DecodeConfig:
       raise DecodeError(f"top_p must be in (0, 1], got {self.top_p}")
     if self.shared_vocab_size < 0:
       raise DecodeError(f"shared_vocab_size must be >= 0, got {self.shared_vocab_size}")
-    if (self.method in drafting.PARALLEL_METHODS
-        and len(self.mask_token_ids) != self.num_draft_tokens - 1):
-      raise DecodeError(f"{self.method} needs num_draft_tokens - 1 = "
-                        f"{self.num_draft_tokens - 1} mask ids, got {self.mask_token_ids}")
+    self.drafter.mask_ids(self.num_draft_tokens)  # a ParallelSpec drafter may know fewer depths
+
+  @property
+  def method(self) -> str:
+    return self.drafter.method
 
   @property
   def num_drafts(self) -> int:
-    return 0 if self.method == "ar" else self.num_draft_tokens
+    return self.drafter.num_drafts(self.num_draft_tokens)
 
   @property
   def greedy(self) -> bool:
@@ -112,13 +110,8 @@ def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
     probs_fn = lambda logits: target_probs_fn(fit(logits))
     # The target may commit ids past the drafter's table; they only cost acceptance.
     tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
-  if cfg.method == "sd":
-    return drafting.draft_autoregressive(drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
-                                         s.draft_lengths_B, cfg.num_draft_tokens, probs_fn,
-                                         sample_fn, rng)
-  return drafting.draft_parallel(drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
-                                 s.draft_lengths_B, cfg.mask_token_ids, probs_fn, sample_fn,
-                                 rng)
+  return cfg.drafter.draft(drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
+                           s.draft_lengths_B, cfg.num_draft_tokens, probs_fn, sample_fn, rng)
 
 
 def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
@@ -240,7 +233,7 @@ class SpeculativeDecoder:
   """
 
   def __init__(self, target: Transformer, drafter: Transformer | None, cfg: DecodeConfig):
-    if cfg.method != "ar":
+    if cfg.drafter.uses_drafter:
       if drafter is None:
         raise DecodeError(f"method {cfg.method!r} needs a drafter")
       target_vocab, drafter_vocab = target.config.vocab_size, drafter.config.vocab_size
@@ -252,7 +245,7 @@ class SpeculativeDecoder:
       if cfg.shared_vocab_size > min(target_vocab, drafter_vocab):
         raise DecodeError(f"shared_vocab_size {cfg.shared_vocab_size} exceeds a model's "
                           f"vocabulary (target {target_vocab}, drafter {drafter_vocab})")
-      for token in cfg.mask_token_ids:
+      for token in cfg.drafter.mask_ids(cfg.num_draft_tokens):
         if not 0 <= token < drafter_vocab:
           raise DecodeError(f"mask token id {token} is outside the drafter's vocabulary "
                             f"[0, {drafter_vocab})")

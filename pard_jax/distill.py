@@ -122,7 +122,7 @@ def run(c: ml_collections.ConfigDict) -> pathlib.Path:
   stops = eval_job.stop_ids(target_path, target_hf, tokenizer)
   decoder = SpeculativeDecoder(
       checkpoints.load_model(target_path, dtype=c.dtype), None,
-      DecodeConfig(method="ar", max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+      DecodeConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                    top_k=c.top_k, top_p=c.top_p, stop_token_ids=stops))
   # One prompt width for the whole run: one compilation.
   width = cells.prompt_width(decoder, max(len(ids) for _, ids in chosen))

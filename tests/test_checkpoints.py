@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 
-from pard_jax import checkpoints
+from pard_jax import checkpoints, drafting
 from pard_jax.config import ConfigError
+from pard_jax.model import grow_vocab
 from pard_jax.sharding import make_mesh
 from tests.helpers import hf_logits, save_hf_model
 
@@ -34,7 +35,7 @@ def test_export_reloads_in_transformers_with_same_logits(arch, tmp_path, tokens)
   np.testing.assert_allclose(hf_logits(reloaded, tokens), _logits(model, tokens), atol=1e-4)
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert config["pard_token"] == 5 and config["spd_type"] == "pard"
-  assert checkpoints.load_config(tmp_path / "out").pard_token == 5
+  assert checkpoints.load_config(tmp_path / "out").drafter_kind == drafting.PardDrafter(5)
 
 
 def test_bfloat16_export_round_trips(tmp_path, tokens):
@@ -175,7 +176,8 @@ def test_delta_stores_only_what_training_changed_and_exports_standalone(tmp_path
   mlp[...] = mlp[...] * 1.5
   table = drafter.embed_tokens.embedding
   table[...] = table[...].at[7].add(0.25)  # the mask row
-  drafter.config = drafter.config.replace(pard_token=7, spd_type="pard", draft_vocab=(1, 2, 7))
+  drafter.config = drafter.config.replace(drafter_kind=drafting.PardDrafter(7),
+                                          draft_vocab=(1, 2, 7))
   checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base", keep_layers=(1,))
 
   stored = checkpoints.read_safetensors(tmp_path / "delta" / "model.safetensors")
@@ -195,6 +197,28 @@ def test_delta_stores_only_what_training_changed_and_exports_standalone(tmp_path
   full_vocab = checkpoints.load_model(tmp_path / "standalone").config.replace(draft_vocab=None)
   loaded.config = full_vocab
   np.testing.assert_allclose(hf_logits(hf.eval(), tokens), _logits(loaded, tokens), atol=1e-4)
+
+
+def test_delta_of_a_grown_vocabulary_stores_the_new_rows(tmp_path, tokens):
+  save_hf_model("llama3", tmp_path / "base")
+  base = checkpoints.load_model(tmp_path / "base")
+  vocab = base.config.vocab_size
+  drafter = grow_vocab(base, vocab + 3)  # ParallelSpec's appended mask rows
+  drafter.config = drafter.config.replace(
+      drafter_kind=drafting.ParallelSpecDrafter((vocab, vocab + 1, vocab + 2)))
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base")
+
+  stored = checkpoints.read_safetensors(tmp_path / "delta" / "model.safetensors")
+  assert stored["model.embed_tokens.weight:row_ids"].tolist() == [vocab, vocab + 1, vocab + 2]
+  loaded = checkpoints.load_model(tmp_path / "delta")
+  assert loaded.config == drafter.config
+  np.testing.assert_allclose(_logits(loaded, tokens), _logits(drafter, tokens), atol=1e-2)
+
+  # The other way round, the base has rows the model lacks: not a delta of that base.
+  checkpoints.save_hf(drafter, tmp_path / "grown")
+  with pytest.raises(checkpoints.CheckpointError, match=r"embed_tokens.weight is \(96, .*in the "
+                     r"model but \(99, .*in the base"):
+    checkpoints.save_delta(base, tmp_path / "bad", tmp_path / "grown")
 
 
 def test_delta_with_a_missing_base_names_it(tmp_path):

@@ -13,10 +13,10 @@ import torch
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from pard_jax import checkpoints, sampling
+from pard_jax import checkpoints, drafting, sampling
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
-from pard_jax.drafting import DraftConfigError, mask_token_ids
+from pard_jax.drafting import DraftConfigError
 from pard_jax.model import create_model
 from tests.helpers import perturbed, resized_vocab, save_hf_model
 
@@ -26,11 +26,10 @@ MASK = 39
 
 
 
-def decode(target, drafter, prompts, seed=0, **kwargs):
-  method = kwargs.get("method", "ar")
-  k = kwargs.get("num_draft_tokens", 4)
-  if method == "pard" and "mask_token_ids" not in kwargs:
-    kwargs["mask_token_ids"] = (MASK,) * (k - 1)
+def decode(target, drafter, prompts, seed=0, method="ar", mask_token_ids=None, **kwargs):
+  if mask_token_ids is None:
+    mask_token_ids = (MASK,) if method == "pard" else ()
+  kwargs["drafter"] = drafting.for_method(method, override=mask_token_ids)
   return SpeculativeDecoder(target, drafter, DecodeConfig(**kwargs)).generate(prompts, seed=seed)
 
 
@@ -144,12 +143,14 @@ def test_bad_requests_get_clear_errors():
     decode(target, None, [[1, 45]])
   with pytest.raises(DecodeError, match="at least one token"):
     decode(target, None, [[1], []])
-  with pytest.raises(DecodeError, match="method must be one of"):
-    DecodeConfig(method="medusa")
+  with pytest.raises(DraftConfigError, match="unknown method 'medusa'; choose from ar, sd"):
+    drafting.for_method("medusa")
+  with pytest.raises(DecodeError, match="drafter must be a drafting.DrafterKind"):
+    DecodeConfig(drafter="pard")
   with pytest.raises(DecodeError, match="top_p"):
     DecodeConfig(top_p=0.0)
-  with pytest.raises(DecodeError, match="mask ids"):
-    DecodeConfig(method="pard", num_draft_tokens=4, mask_token_ids=(1,))
+  with pytest.raises(DraftConfigError, match="needs 3 distinct mask ids; this drafter has 1"):
+    DecodeConfig(drafter=drafting.ParallelSpecDrafter((1,)), num_draft_tokens=4)
 
 
 
@@ -186,15 +187,40 @@ def test_restricted_draft_vocabulary_stays_exact(method):
   assert max(max(a) for a in spec.accept_lengths) > 1
 
 
-def test_mask_token_resolution():
-  assert mask_token_ids("pard", 4, {"pard_token": 9, "spd_type": "pard"}) == (9, 9, 9)
-  assert mask_token_ids("pard", 4, {}, override=(5,)) == (5, 5, 5)
-  assert mask_token_ids("parallelspec", 3, {"parallelspec_tokens": [7, 8, 9]}) == (7, 8)
-  assert mask_token_ids("sd", 4, {}) == ()
-  with pytest.raises(DraftConfigError, match="not a PARD checkpoint"):
-    mask_token_ids("pard", 4, {})
-  with pytest.raises(DraftConfigError, match="distinct"):
-    mask_token_ids("parallelspec", 3, {"parallelspec_tokens": [7, 7]})
+def test_drafter_kinds_own_their_config_json_fields():
+  pard, spec = drafting.PardDrafter(9), drafting.ParallelSpecDrafter((7, 8, 9))
+  assert drafting.from_hf({"pard_token": 9, "spd_type": "pard"}) == pard
+  assert drafting.from_hf({"parallelspec_tokens": [7, 8, 9]}) == spec
+  assert drafting.from_hf({"model_type": "llama"}) is None
+  for kind in (pard, spec):
+    assert drafting.from_hf(kind.to_hf()) == kind
+    config = ModelConfig(vocab_size=40, drafter_kind=kind)
+    assert ModelConfig.from_hf(config.to_hf()).drafter_kind == kind
+  assert pard.mask_ids(4) == (9, 9, 9) and spec.mask_ids(3) == (7, 8)
+  # Method names become kinds at the config boundary; the config's kind or an override.
+  assert drafting.for_method("pard", pard) == pard
+  assert drafting.for_method("pard", None, override=(5,)) == drafting.PardDrafter(5)
+  assert drafting.for_method("parallelspec", spec) == spec
+  assert drafting.for_method("sd", pard) == drafting.AutoregressiveDrafter()
+  assert drafting.for_method("ar").num_drafts(4) == 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: drafting.for_method("pard", None), "not a PARD checkpoint.*declares no drafter"),
+    (lambda: drafting.for_method("pard", drafting.ParallelSpecDrafter((3, 4))),
+     "not a PARD checkpoint.*declares parallelspec"),
+    (lambda: drafting.for_method("parallelspec", drafting.PardDrafter(3)),
+     "not a ParallelSpec checkpoint.*declares pard"),
+    (lambda: drafting.for_method("pard", None, override=(4, 5)), "one shared mask token"),
+    (lambda: drafting.ParallelSpecDrafter((7, 7)), "distinct"),
+    (lambda: drafting.ParallelSpecDrafter((7, 8)).mask_ids(4), r"K <= 3"),
+    (lambda: drafting.from_hf({"pard_token": 3, "spd_type": "parallelspec"}),
+     "spd_type 'parallelspec' does not match"),
+    (lambda: drafting.from_hf({"spd_type": "pard"}), "spd_type 'pard' does not match"),
+])
+def test_bad_drafter_kinds_are_named(make, message):
+  with pytest.raises(DraftConfigError, match=message):
+    make()
 
 
 def test_parallelspec_distinct_masks_stay_exact():

@@ -2,6 +2,7 @@
 prompt sets, early and clear errors; and the real SmolLM2 against transformers' `generate`."""
 
 import json
+import runpy
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pard_jax import checkpoints, sampling
+from pard_jax import checkpoints, drafting, sampling
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.drafting import DraftConfigError
@@ -97,6 +98,11 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
   assert rerun.cell("prompts", "pard", 4).identical_to_ar == 5  # against the stored ar outputs
   assert rerun.cell("prompts", "sd", 2).to_json() == stored["cells"][1]
   assert len(json.loads((directory / "results.json").read_text())["cells"]) == 7
+  compare = runpy.run_path(str(ROOT / "benchmarks/compare_drafters.py"))["comparison"]
+  table = compare([("tiny PARD", directory)])
+  assert table.count("| tiny PARD |") == 6 and "## prompts" in table
+  pard4 = rerun.cell("prompts", "pard", 4)
+  assert f"| tiny PARD | pard | 4 | {pard4.tau:.2f} |" in table
 
   with pytest.raises(EvalConfigError, match=r"other settings \(max_new_tokens: 12 there, 8"):
     job.run(_config(models, max_new_tokens=8, report_dir=str(directory)))
@@ -304,8 +310,9 @@ def test_real_smollm2_greedy_equals_transformers_generate(smollm2, smollm2_hf):
       expected.append(out[0, len(prompt):].tolist())
   for method in ("ar", "sd"):
     result = SpeculativeDecoder(model, model if method == "sd" else None,
-                                DecodeConfig(method=method, num_draft_tokens=4,
-                                             max_new_tokens=new, stop_token_ids=(2,))
+                                DecodeConfig(drafter=drafting.for_method(method),
+                                             num_draft_tokens=4, max_new_tokens=new,
+                                             stop_token_ids=(2,))
                                 ).generate(prompts_ids)
     assert result.output_ids == expected, method
   assert "Paris" in tokenizer.decode(expected[0])

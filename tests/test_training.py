@@ -10,7 +10,7 @@ import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, data, layout, sharding, training
+from pard_jax import checkpoints, data, drafting, layout, sharding, training
 from pard_jax.train import checkpointing, loop, schema
 from pard_jax.config import ModelConfig
 from pard_jax.eval import job
@@ -235,7 +235,7 @@ def test_tiny_run_learns_and_exports(tmp_path):
   hf = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert hf["pard_token"] == 4 and hf["spd_type"] == "pard"
   exported = checkpoints.load_model(tmp_path / "hf")
-  assert exported.config.pard_token == 4
+  assert exported.config.drafter_kind == drafting.PardDrafter(4)
   tokenizer = checkpoints.load_tokenizer(tmp_path / "hf")
   assert tokenizer.convert_ids_to_tokens(4) == "<|mask|>"
 

@@ -99,21 +99,21 @@ def run(config) -> EvalResult:
   stops = (spec.stop_token_ids if spec.stop_token_ids is not None
            else stop_ids(spec.target, target_hf, tokenizer))
 
-  drafter_hf, shared_vocab = {}, {}  # per drafter path
+  declared, shared_vocab = {}, {}  # per drafter path: its config.json's kind, shared vocab
   for method in spec.methods[1:]:
     path = spec.drafter_for(method)
-    if path not in drafter_hf:
-      drafter_hf[path] = checkpoints.load_hf_config(path)
-      shared_vocab[path] = shared_vocab_size(target_hf, drafter_hf[path], tokenizer, path)
+    if path not in declared:
+      drafter_hf = checkpoints.load_hf_config(path)
+      declared[path] = drafting.from_hf(drafter_hf)
+      shared_vocab[path] = shared_vocab_size(target_hf, drafter_hf, tokenizer, path)
   configs = {}
   for method, k in spec.cells():
     path = spec.drafter_for(method)
     configs[method, k] = DecodeConfig(
-        method=method, num_draft_tokens=k or 1, max_new_tokens=spec.max_new_tokens,
+        drafter=drafting.for_method(method, declared.get(path), spec.mask_token_ids),
+        num_draft_tokens=k or 1, max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
-        stop_token_ids=stops, shared_vocab_size=shared_vocab[path] if k else 0,
-        mask_token_ids=drafting.mask_token_ids(method, k, drafter_hf.get(path, {}),
-                                               spec.mask_token_ids))
+        stop_token_ids=stops, shared_vocab_size=shared_vocab[path] if k else 0)
 
   todo = [(name, method, k) for name in sets for method, k in spec.cells()
           if not report.done((name, cells_lib.OURS, method, k))]

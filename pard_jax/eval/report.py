@@ -45,6 +45,14 @@ def environment() -> dict[str, Any]:
               command=" ".join(["python"] + sys.argv))
 
 
+def read_results(directory: pathlib.Path
+                 ) -> tuple[dict[str, Any], dict[str, Any], list[CellResult]]:
+  """(config, environment, cells) of a report folder's `results.json`."""
+  stored = json.loads((pathlib.Path(directory) / "results.json").read_text())
+  return (stored["config"], stored["environment"],
+          [CellResult.from_json(record) for record in stored["cells"]])
+
+
 def _cell_name(key: tuple[str, str, str, int]) -> str:
   prompt_set, engine, method, k = key
   return f"{prompt_set}/{engine}_{method}_k{k}.jsonl"
@@ -61,20 +69,19 @@ class Report:
                        prompt_sets=[s.name for s in spec.prompt_sets], peers=list(spec.peers))
     self.env = environment()
     if self.directory is not None and (self.directory / "results.json").exists():
-      self._resume(json.loads((self.directory / "results.json").read_text()))
+      stored_config, _, cells = read_results(self.directory)
+      self._resume(stored_config, cells)
 
-  def _resume(self, stored: dict[str, Any]) -> None:
+  def _resume(self, stored_config: dict[str, Any], cells: list[CellResult]) -> None:
     identity = self.spec.identity()
-    changed = {k: (stored["config"].get(k), v) for k, v in identity.items()
-               if stored["config"].get(k) != v}
+    changed = {k: (stored_config.get(k), v) for k, v in identity.items()
+               if stored_config.get(k) != v}
     if changed:
       field, (old, new) = next(iter(changed.items()))
       raise EvalConfigError(
           f"config.report_dir: {self.directory} holds results measured with other settings "
           f"({field}: {old!r} there, {new!r} now); use a new report_dir or the same settings")
-    for record in stored["cells"]:
-      cell = CellResult.from_json(record)
-      self.cells[cell.key] = cell
+    self.cells.update((cell.key, cell) for cell in cells)
 
   def done(self, key) -> bool:
     return key in self.cells

@@ -13,7 +13,8 @@ import tempfile
 from typing import Any
 
 from pard_jax import checkpoints
-from pard_jax.decoding import METHODS, DecodeError
+from pard_jax.decoding import DecodeError
+from pard_jax.drafting import METHODS
 from pard_jax.eval import prompts as prompts_lib
 
 PEERS = ("transformers",)

@@ -9,12 +9,11 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pard_jax import checkpoints
-from pard_jax.train import schema
+from pard_jax import checkpoints, drafting
 
 
 def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
-           config: ml_collections.ConfigDict, masks: tuple[int, ...]) -> pathlib.Path:
+           config: ml_collections.ConfigDict, kind: drafting.DrafterKind) -> pathlib.Path:
   """Writes `workdir/hf` from process 0, after gathering the parameters onto every host.
 
   A drafter trained with its shared tensors frozen (`train.trainable="layers"`) is also
@@ -24,7 +23,7 @@ def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
   out = workdir / "hf"
   if jax.process_index() == 0:
     model = nnx.merge(model_graphdef, params)
-    model.config = model.config.replace(**schema.drafter_metadata(config, masks))
+    model.config = model.config.replace(drafter_kind=kind)
     extra = {}
     hf_config = model.config.to_hf()
     # From-scratch models know their special tokens only through the tokenizer.

@@ -1,11 +1,11 @@
 """The training run: config -> data, model, sharded state -> steps, logs, checkpoints, export.
 
 `workdir` holds `checkpoints/` (orbax: train state + data position), `metrics.jsonl`,
-`tensorboard/` and, at the end, `hf/`: a Hugging Face directory with `"pard_token"` and
-`"spd_type": "pard"` in its `config.json`, usable as a drafter (and `delta/`, the same drafter
-stored as its difference from `model.init`, when only the layers trained). A run restarted on
-the same workdir resumes from the latest checkpoint and continues exactly as if it had not
-stopped.
+`tensorboard/` and, at the end, `hf/`: a Hugging Face directory whose `config.json` declares
+its drafter kind (`drafting.PardDrafter` or `ParallelSpecDrafter`), usable as a drafter with no
+other flag (and `delta/`, the same drafter stored as its difference from `model.init`, when
+only the layers trained). A run restarted on the same workdir resumes from the latest
+checkpoint and continues exactly as if it had not stopped.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   steps = schema.total_steps(config, rows.num_rows)
   model = load_model(config, mesh)
   schema.validate_model(config, model.config)
-  masks = schema.mask_tokens(config, model.config.vocab_size)
+  kind = schema.drafter_kind(config, model.config.vocab_size)
+  masks = kind.mask_ids(config.pard.num_depths)
   if masks and max(masks) >= model.config.vocab_size:
     model = grow_vocab(model, max(masks) + 1)
   if config.model.draft_vocab_size:
@@ -139,6 +140,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
     manager.wait_until_finished()
     if log is not None:
       log.close()
-  out = export(graphdef, state, mesh, workdir, tokenizer, config, pard.mask_tokens)
+  out = export(graphdef, state, mesh, workdir, tokenizer, config, kind)
   logging.info("exported the PARD drafter to %s", out)
   return log.history

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Any
 
 import ml_collections
 from jax.sharding import Mesh
 
+from pard_jax import drafting
 from pard_jax import layout as layout_lib
 from pard_jax import training
 from pard_jax.config import DTYPES, ModelConfig
 
 
-DRAFTERS = ("pard", "parallelspec")  # `pard.drafter`: one shared mask token, or K-1 distinct
+# `pard.drafter`: one shared mask token, or K-1 distinct ones
+DRAFTERS = (drafting.PardDrafter.method, drafting.ParallelSpecDrafter.method)
 
 
 class TrainConfigError(ValueError):
@@ -195,20 +196,15 @@ def validate_model(config: ml_collections.ConfigDict, model_config: ModelConfig)
            f"({model_config.max_position_embeddings})")
 
 
-def mask_tokens(config: ml_collections.ConfigDict, vocab_size: int) -> tuple[int, ...]:
-  """Depth k's input id at index k - 1; ParallelSpec without ids gets rows V .. V+K-2."""
-  k, pard = config.pard.num_depths, config.pard
+def drafter_kind(config: ml_collections.ConfigDict,
+                 vocab_size: int) -> drafting.PardDrafter | drafting.ParallelSpecDrafter:
+  """What the run trains, as decoding will read it back from the exported config.json.
+  A ParallelSpec drafter without given ids gets new rows V .. V+K-2."""
+  pard = config.pard
   if pard.drafter == "pard":
-    return (pard.mask_token,) * (k - 1)
-  return tuple(pard.mask_tokens) or tuple(range(vocab_size, vocab_size + k - 1))
-
-
-def drafter_metadata(config: ml_collections.ConfigDict,
-                     masks: tuple[int, ...]) -> dict[str, Any]:
-  """The ModelConfig fields that tell decoding what kind of drafter this is."""
-  if config.pard.drafter == "pard":
-    return dict(pard_token=config.pard.mask_token, spd_type="pard")
-  return dict(parallelspec_tokens=masks, spd_type="parallelspec")
+    return drafting.PardDrafter(pard.mask_token)
+  return drafting.ParallelSpecDrafter(
+      tuple(pard.mask_tokens) or tuple(range(vocab_size, vocab_size + pard.num_depths - 1)))
 
 
 def total_steps(config: ml_collections.ConfigDict, num_rows: int) -> int:
