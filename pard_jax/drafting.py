@@ -134,7 +134,6 @@ class DrafterKind:
     return cls()
 
 
-
 @dataclasses.dataclass(frozen=True)
 class NoDrafter(DrafterKind):
   """`ar`: the target alone; the loop verifies its pending token and commits one sample."""
