@@ -7,9 +7,9 @@
 
 import pathlib
 
-from absl import app
 from ml_collections import config_flags
 
+from pard_jax import cli
 from pard_jax.eval import job, report
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -17,20 +17,19 @@ _CONFIG = config_flags.DEFINE_config_file(
     "decoding settings")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  result = job.run(_CONFIG.value)
-  if not _CONFIG.value.output and not _CONFIG.value.report_dir:
+def main():
+  config = _CONFIG.value
+  result = job.run(config)
+  if not config.output and not config.report_dir:
     for record in result.records:
       if record["method"] == "ar":
         print(f"--- {record['prompt']}: {record.get('text') or record['output_ids']}")
   for prompt_set in dict.fromkeys(c.prompt_set for c in result.cells):
     print(f"\n{prompt_set}")
     print(report.format_table([c for c in result.cells if c.prompt_set == prompt_set]))
-  if _CONFIG.value.report_dir:
-    print(f"\nreport: {_CONFIG.value.report_dir}/results.md")
+  if config.report_dir:
+    print(f"\nreport: {config.report_dir}/results.md")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,22 +7,18 @@ Writes ShareGPT-style .jsonl for train.py; rerunning completes an interrupted ru
 
 import pathlib
 
-from absl import app, logging
 from ml_collections import config_flags
 
-from pard_jax import distill
+from pard_jax import cli, distillation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parent / "configs/distill.py"),
     "distillation settings")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  print(f"wrote {distill.run(_CONFIG.value)}")
+def main():
+  print(f"wrote {distillation.run(_CONFIG.value)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,4 +1,4 @@
-r"""Trains a PARD parallel drafter from an ordinary AR model.
+r"""Trains a PARD or ParallelSpec parallel drafter from an ordinary AR model.
 
   python train.py --config=configs/llama3_8b.py:/models/Llama-3.2-1B-Instruct \
       --config.data.source=/data/chat.jsonl --workdir=/tmp/pard_llama
@@ -7,9 +7,10 @@ r"""Trains a PARD parallel drafter from an ordinary AR model.
 same command resumes from the latest checkpoint.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from pard_jax import cli
 from pard_jax.train import checkpointing, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
@@ -18,13 +19,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the expor
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+def main():
   checkpointing.quiet_orbax_logs()
   loop.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -28,7 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pard_jax import checkpoints, drafting  # noqa: E402
+from pard_jax import checkpoints  # noqa: E402
+from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
 from pard_jax.eval.peers import load_transformers_model  # noqa: E402
 from pard_jax.eval.prompts import JsonlFile  # noqa: E402
@@ -152,7 +153,7 @@ def main(argv):
 
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
   ar = run_ours(target, None, DecodeConfig(**common), prompts)
-  sd_config = DecodeConfig(drafter=drafting.AutoregressiveDrafter(), num_draft_tokens=k, **common)
+  sd_config = DecodeConfig(drafter=kinds.AutoregressiveDrafter(), num_draft_tokens=k, **common)
   sd = run_ours(target, target, sd_config, prompts)
   # What the model steps alone would take for the same work: a prefill per model and prompt,
   # then per ar iteration one 1-token step, per sd iteration a 2-token catch-up step, K-1

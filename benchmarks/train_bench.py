@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from pard_jax import checkpoints, data, layout, sharding, training  # noqa: E402
+from pard_jax import checkpoints, data, layout, sharding  # noqa: E402
+from pard_jax.train import step as step_lib  # noqa: E402
 from pard_jax.config import ModelConfig  # noqa: E402
 from pard_jax.model import create_model  # noqa: E402
 
@@ -50,11 +51,11 @@ def compiled_bytes(compiled) -> int:
 
 
 def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
-  optimizer = training.make_optimizer(training.OptimizerConfig(
+  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(
       learning_rate=_LR.value, warmup_steps=10, total_steps=10**6))
-  pard = training.PardConfig(counts, (MASK_TOKEN,) * (len(counts) - 1))
-  state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
-  step_fn = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding)
+  step_cfg = step_lib.StepConfig(counts, (MASK_TOKEN,) * (len(counts) - 1))
+  state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
+  step_fn = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding)
   batches = data.BatchIterator(rows, _BATCH.value, seed=0)
   rng = jax.random.key(0)
   compiled = step_fn.lower(state, batches.batch_at(0), rng).compile()
@@ -77,13 +78,13 @@ def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
       eval_accuracy_per_depth=accuracy)
 
 
-def evaluate(params, graphdef, eval_rows: data.PackedRows, num_depths: int) -> list[float]:
+def evaluate(params, graphdef, eval_rows: data.PackedRows, num_draft_tokens: int) -> list[float]:
   """Per-depth accuracy over every valid query of the full layout (deterministic)."""
-  full = training.PardConfig(layout.cod_counts(_LENGTH.value, num_depths, 1.0, 1.0),
-                             (MASK_TOKEN,) * (num_depths - 1))
-  stats_fn = jax.jit(lambda p, b, k: training.layout_stats(p, graphdef, b, k, full)[1])
-  correct = np.zeros(num_depths)
-  count = np.zeros(num_depths)
+  full = step_lib.StepConfig(layout.cod_counts(_LENGTH.value, num_draft_tokens, 1.0, 1.0),
+                             (MASK_TOKEN,) * (num_draft_tokens - 1))
+  stats_fn = jax.jit(lambda p, b, k: step_lib.layout_loss(p, graphdef, b, k, full)[1])
+  correct = np.zeros(num_draft_tokens)
+  count = np.zeros(num_draft_tokens)
   for i in range(eval_rows.num_rows):
     batch = eval_rows.take(np.array([i]))
     stats = jax.device_get(stats_fn(params, batch, jax.random.split(jax.random.key(0), 1)))

@@ -12,12 +12,10 @@ forward) and `pard` (K drafts per forward), on the first 4 prompts of each evalu
 The field names are a contract other tools rely on; see README.md.
 """
 
-import pathlib
-
 import ml_collections
 from ml_collections import config_dict
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from configs import ROOT
 
 
 def get_config():

@@ -1,23 +1,28 @@
-"""Self-distillation data for a SmolLM2-135M drafter: the target answers ShareGPT prompts.
+"""Self-distillation settings for distill.py; the defaults write the SmolLM2-135M drafter's data:
+the target answers 1200 ShareGPT prompts.
 
   python distill.py --config=configs/distill.py
 
 Rerunning the same command completes an interrupted run.
 """
 
-import pathlib
+import ml_collections
 
-from pard_jax import distill
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from configs import DATA
 
 
 def get_config():
-  config = distill.default_config()
-  config.source = "sharegpt"
-  config.max_prompts = 1200
-  config.max_prompt_tokens = 192
-  config.max_new_tokens = 192
-  config.batch_size = 16
-  config.output = str(ROOT / "data/distill/smollm2_sharegpt.jsonl")
-  return config
+  c = ml_collections.ConfigDict()
+  c.target = ""  # HF directory, .gguf or package:<file>; "" = the SmolLM2-135M-Instruct GGUF
+  c.source = "sharegpt"  # a TRAINING_PROMPT_SETS name or a .jsonl of "prompt" lines
+  c.max_prompts = 1200  # prompts taken from the source (after filtering); 0 = all
+  c.max_prompt_tokens = 192  # longer prompts are skipped
+  c.max_new_tokens = 192
+  c.temperature = 0.0  # 0 = greedy
+  c.top_k = 0
+  c.top_p = 1.0
+  c.seed = 0
+  c.batch_size = 16
+  c.dtype = "float32"
+  c.output = str(DATA / "distill/smollm2_sharegpt.jsonl")  # the .jsonl written (appended on rerun)
+  return c

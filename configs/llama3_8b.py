@@ -7,18 +7,18 @@ The config argument (or --config.model.init) is a local HF directory; the PARD c
 published, so data.source is yours to give (chat-formatted conversations).
 """
 
-from pard_jax.train import schema
+from pard_jax.train import defaults
 
 
 def get_config(init: str = ""):
-  config = schema.default_config()
+  config = defaults.default_config()
   config.model.init = init
   config.model.dtype = "bfloat16"
   config.data.length = 512
-  config.pard.num_depths = 8
-  config.pard.mask_token = 128020  # <|reserved_special_token_12|>: never produced by text
-  config.pard.r = 0.7
-  config.pard.r_min = 0.2
+  config.drafter.num_draft_tokens = 8
+  config.drafter.mask_token_ids = (128020,)  # <|reserved_special_token_12|>: never produced by text
+  config.drafter.r = 0.7
+  config.drafter.r_min = 0.2
   config.train.learning_rate = 1e-5
   config.train.schedule = "constant"
   config.train.num_epochs = 4

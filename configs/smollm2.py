@@ -10,18 +10,18 @@ single atomic special token (plain text cannot tokenize into it by accident) and
 contains it, so its embedding row is free to learn the PARD mask. SmolLM2 has no reserved rows.
 """
 
-from pard_jax import checkpoints
-from pard_jax.train import schema
+from configs import DATA, SMOLLM2_GGUF
+from pard_jax.train import defaults
 
 
 def get_config():
-  config = schema.default_config()
-  config.model.init = str(checkpoints.smollm2_gguf_path())
+  config = defaults.default_config()
+  config.model.init = SMOLLM2_GGUF
   config.model.dtype = "bfloat16"
-  config.data.source = "data/tiny_chat.jsonl"
+  config.data.source = str(DATA / "tiny_chat.jsonl")
   config.data.length = 512
-  config.pard.num_depths = 8
-  config.pard.mask_token = 16
+  config.drafter.num_draft_tokens = 8
+  config.drafter.mask_token_ids = (16,)
   config.train.learning_rate = 3e-5
   config.train.schedule = "constant"
   config.train.num_epochs = 4

@@ -3,15 +3,15 @@ r"""A drafter for SmolLM2-135M-Instruct cut from the target itself, trained on i
   python distill.py --config=configs/distill.py                                   # the data
   python train.py --config=configs/smollm2_drafter.py --workdir=/tmp/smollm2_pard  # PARD (COD)
   python train.py --config=configs/smollm2_drafter.py --workdir=/tmp/smollm2_ar \
-      --config.pard.num_depths=1                                                   # AR drafter
+      --config.drafter.num_draft_tokens=1                                          # AR drafter
 
 SmolLM2 has no smaller sibling offline, so the drafter keeps the target's first four of 30
 layers and shares the embedding, final norm and head, which stay frozen: only the kept layers
 and the mask token's row learn. Untrained, on 4 rows of the distilled data (next-token loss /
 accuracy; all 30 layers: 1.37 / 0.718): layers 0-3 give 15.1 / 0.049, 0-5 15.6 / 0.045, and
 (0, 1, 2, 29) 20.5 / 0.000: the last layer does not fit an early residual stream.
-`pard.num_depths=1` is plain next-token training, the AR drafter for `sd` with the same init,
-data and budget (350 steps, 2 epochs). The mask token is 16 (`<empty_output>`), see
+`drafter.num_draft_tokens=1` is plain next-token training, the AR drafter for `sd` with the same
+init, data and budget (350 steps, 2 epochs). The mask token is 16 (`<empty_output>`), see
 configs/smollm2.py.
 
 The head is restricted to the data's 8192 most frequent tokens (99.3% of the answer tokens):
@@ -20,24 +20,20 @@ verification stays exact, and a step takes 8.6 s instead of 15 on 2 CPU cores. T
 row in float16, 28 MB): that is what `drafters/smollm2_135m_pard` ships.
 """
 
-import pathlib
-
-from pard_jax import checkpoints
-from pard_jax.train import schema
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from configs import DATA, SMOLLM2_GGUF
+from pard_jax.train import defaults
 
 
 def get_config():
-  config = schema.default_config()
-  config.model.init = str(checkpoints.smollm2_gguf_path())
+  config = defaults.default_config()
+  config.model.init = SMOLLM2_GGUF
   config.model.keep_layers = (0, 1, 2, 3)
   config.model.draft_vocab_size = 8192
   config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
-  config.data.source = str(ROOT / "data/distill/smollm2_sharegpt.jsonl")
+  config.data.source = str(DATA / "distill/smollm2_sharegpt.jsonl")
   config.data.length = 256
-  config.pard.num_depths = 4
-  config.pard.mask_token = 16
+  config.drafter.num_draft_tokens = 4
+  config.drafter.mask_token_ids = (16,)
   config.train.trainable = "layers"
   config.train.batch_size = 8
   config.train.num_epochs = 2

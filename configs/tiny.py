@@ -3,20 +3,21 @@
   python train.py --config=configs/tiny.py --workdir=/tmp/pard_tiny
 """
 
-from pard_jax.train import schema
+from configs import DATA
+from pard_jax.train import defaults
 
 
 def get_config():
-  config = schema.default_config()
+  config = defaults.default_config()
   config.model.arch.update(dict(
       vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
       num_kv_heads=2, head_dim=32, max_position_embeddings=512, tie_word_embeddings=True))
   config.model.dtype = "float32"  # bfloat16 matmuls are emulated, hence slow, on CPUs
-  config.tokenizer = "data/tiny_tokenizer"
-  config.data.source = "data/tiny_chat.jsonl"
+  config.tokenizer = str(DATA / "tiny_tokenizer")
+  config.data.source = str(DATA / "tiny_chat.jsonl")
   config.data.length = 128
-  config.pard.num_depths = 4
-  config.pard.mask_token = 4  # <|mask|>, reserved in data/tiny_tokenizer
+  config.drafter.num_draft_tokens = 4
+  config.drafter.mask_token_ids = (4,)  # <|mask|>, reserved in data/tiny_tokenizer
   config.train.batch_size = 8
   config.train.num_epochs = 6
   config.train.learning_rate = 3e-3

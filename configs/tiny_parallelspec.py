@@ -6,12 +6,11 @@ as embedding rows 512-514 past the tokenizer's vocabulary. Under 2 minutes on 2 
       --config.method=parallelspec --config.prompts=data/prompts/chat.jsonl
 """
 
-import pathlib
-import runpy
+from configs import tiny
 
 
 def get_config():
-  config = runpy.run_path(str(pathlib.Path(__file__).with_name("tiny.py")))["get_config"]()
-  config.pard.drafter = "parallelspec"
-  config.pard.mask_tokens = ()  # empty: new rows past the vocabulary, one per depth
+  config = tiny.get_config()
+  config.drafter.method = "parallelspec"
+  config.drafter.mask_token_ids = ()  # empty: new rows past the vocabulary, one per depth
   return config

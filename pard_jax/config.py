@@ -1,7 +1,10 @@
 """Model configuration: one frozen dataclass for every supported Llama-family architecture.
 
-`ModelConfig.from_hf` reads a Hugging Face `config.json` dict (Llama 2/3/3.1/3.2, SmolLM2,
-Qwen2/2.5, Qwen3) and `to_hf` writes one back, so configs round-trip through HF directories.
+`ModelConfig.from_hf` reads the architecture fields of a Hugging Face `config.json` dict
+(Llama 2/3/3.1/3.2, SmolLM2, Qwen2/2.5, Qwen3) and `to_hf` writes them back, so configs
+round-trip through HF directories. What a checkpoint declares beyond its architecture (its
+drafter kind, a delta's base) is read by `pard_jax.checkpoints` before this. This is the lowest
+layer: it imports no jax and nothing of the package but its error vocabulary.
 """
 
 from __future__ import annotations
@@ -12,14 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from pard_jax import drafting
+from pard_jax.errors import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-  """A model configuration is unsupported or inconsistent."""
+DTYPES = ("float32", "bfloat16", "float16")  # parameter and compute dtypes, everywhere
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +46,6 @@ class ModelConfig:
   max_position_embeddings: int = 2048
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype
-  # What config.json declares this model to be as a drafter (PARD's shared mask, ParallelSpec's
-  # distinct ones); None: a plain AR model. `drafting` reads and writes those fields.
-  drafter_kind: drafting.PardDrafter | drafting.ParallelSpecDrafter | None = None
   # A drafter's head restricted to these token ids (ascending): its logits are -inf elsewhere,
   # so it never proposes another token and verification stays exact (`config.json`
   # "draft_vocab"). None: the whole vocabulary.
@@ -78,11 +74,6 @@ class ModelConfig:
       rope_type = dict(self.rope_scaling).get("rope_type")
       if rope_type not in ("llama3", "default"):
         raise ConfigError(f"unsupported rope scaling type {rope_type!r} (supported: llama3)")
-    if self.drafter_kind is not None and not all(
-        0 <= t < self.vocab_size for t in self.drafter_kind.tokens):
-      raise ConfigError(f"{self.drafter_kind.method} mask tokens {self.drafter_kind.tokens} lie "
-                        f"outside the vocabulary [0, {self.vocab_size})")
-
     if self.draft_vocab is not None:
       ids = np.asarray(self.draft_vocab)
       if (ids.ndim != 1 or not len(ids) or not np.issubdtype(ids.dtype, np.integer)
@@ -121,12 +112,21 @@ class ModelConfig:
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> ModelConfig:
-    """Builds a config from a HF `config.json` dict; `overrides` replace fields (e.g. dtype)."""
+    """Builds a config from a HF `config.json` dict; `overrides` replace fields (e.g. dtype).
+
+    Fields it does not know are kept (`extra_hf_fields`) and written back by `to_hf`.
+    """
+    if not isinstance(hf, dict):
+      raise ConfigError(f"a config.json must hold a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
       raise ConfigError(
           f"unsupported architecture: model_type={model_type!r} "
           f"(architectures={hf.get('architectures')}); supported: {SUPPORTED_MODEL_TYPES}")
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size",
+                           "num_hidden_layers", "num_attention_heads") if k not in hf]
+    if missing:
+      raise ConfigError(f"config.json lacks required field(s) {', '.join(missing)}")
     if hf.get("hidden_act", "silu") != "silu":
       raise ConfigError(f"unsupported hidden_act {hf['hidden_act']!r} (only silu)")
     if hf.get("use_sliding_window"):
@@ -152,8 +152,6 @@ class ModelConfig:
         "max_position_embeddings", "torch_dtype", "dtype",
         "hidden_act", "architectures", "transformers_version", "use_sliding_window",
         "mlp_bias", "layer_types", "use_cache", "_name_or_path", "draft_vocab",
-        "pard_jax_delta",  # read by checkpoints (a delta's base), not part of the model
-        *drafting.HF_FIELDS,
     }
     extra = tuple(sorted((k, _freeze(v)) for k, v in hf.items() if k not in known))
     fields = dict(
@@ -172,7 +170,6 @@ class ModelConfig:
         attention_bias=(model_type == "qwen2") or bool(hf.get("attention_bias", False)),
         qk_norm=model_type == "qwen3",
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        drafter_kind=drafting.from_hf(hf),
         draft_vocab=tuple(hf["draft_vocab"]) if hf.get("draft_vocab") else None,
         extra_hf_fields=extra,
     )
@@ -205,8 +202,6 @@ class ModelConfig:
     )
     if self.model_type == "llama":
       hf["attention_bias"] = self.attention_bias
-    if self.drafter_kind is not None:
-      hf.update(self.drafter_kind.to_hf())
     if self.draft_vocab is not None:
       hf["draft_vocab"] = list(self.draft_vocab)
     return hf

@@ -26,17 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pard_jax import drafter_kinds as kinds
 from pard_jax import drafting, sampling
+from pard_jax.errors import DecodeError
 from pard_jax.model import KVCache, Transformer, init_cache
-
-class DecodeError(ValueError):
-  """Bad decoding request: configuration, prompts or model pairing."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """Static settings of one compiled decoding loop (hashable: a jit static argument)."""
-  drafter: drafting.DrafterKind = drafting.NoDrafter()  # `drafting.for_method` builds one
+  drafter: kinds.DrafterKind = kinds.NoDrafter()  # `drafter_kinds.for_method` builds one
   num_draft_tokens: int = 4
   max_new_tokens: int = 64
   temperature: float = 0.0
@@ -48,11 +47,12 @@ class DecodeConfig:
   shared_vocab_size: int = 0
 
   def __post_init__(self):
-    if not isinstance(self.drafter, drafting.DrafterKind):
-      raise DecodeError(f"drafter must be a drafting.DrafterKind (drafting.for_method(name) "
-                        f"for one of {', '.join(drafting.METHODS)}), got {self.drafter!r}")
-    if self.drafter.uses_drafter and not 1 <= self.num_draft_tokens <= 64:
-      raise DecodeError(f"num_draft_tokens must be in [1, 64], got {self.num_draft_tokens}")
+    if not isinstance(self.drafter, kinds.DrafterKind):
+      raise DecodeError(f"drafter must be a drafter_kinds.DrafterKind (drafter_kinds.for_method"
+                        f"(name) for one of {', '.join(kinds.METHODS)}), got {self.drafter!r}")
+    if self.drafter.uses_drafter and not 1 <= self.num_draft_tokens <= kinds.MAX_DRAFT_TOKENS:
+      raise DecodeError(f"num_draft_tokens must be in [1, {kinds.MAX_DRAFT_TOKENS}], got "
+                        f"{self.num_draft_tokens}")
     if self.max_new_tokens < 1:
       raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.temperature < 0:
@@ -80,14 +80,15 @@ class DecodeConfig:
 
 @flax.struct.dataclass
 class LoopState:
-  tokens_BxT: jax.Array
-  lengths_B: jax.Array
-  draft_lengths_B: jax.Array
-  target_cache: KVCache
-  drafter_cache: KVCache | None
+  """The `while_loop` carry: fixed shapes, one row per prompt."""
+  tokens_BxT: jax.Array  # prompt then committed tokens; row b valid on [0, lengths_B[b])
+  lengths_B: jax.Array  # committed tokens per row (the last one is pending for the target)
+  draft_lengths_B: jax.Array  # the drafter's cache is valid on [0, draft_lengths_B)
+  target_cache: KVCache  # valid on [0, lengths_B - 1)
+  drafter_cache: KVCache | None  # None for `ar`
   rng: jax.Array
-  done_B: jax.Array
-  num_iterations_B: jax.Array
+  done_B: jax.Array  # the row hit a stop token or max_new_tokens
+  num_iterations_B: jax.Array  # iterations in which the row was still active
   accept_lengths_BxN: jax.Array  # tokens committed per iteration
   accepted_drafts_BxN: jax.Array  # drafts the verification accepted per iteration (uncut)
 
@@ -110,8 +111,8 @@ def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
     probs_fn = lambda logits: target_probs_fn(fit(logits))
     # The target may commit ids past the drafter's table; they only cost acceptance.
     tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
-  return cfg.drafter.draft(drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
-                           s.draft_lengths_B, cfg.num_draft_tokens, probs_fn, sample_fn, rng)
+  return drafting.draft(cfg.drafter, drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
+                        s.draft_lengths_B, cfg.num_draft_tokens, probs_fn, sample_fn, rng)
 
 
 def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
@@ -181,7 +182,7 @@ def _prefill(model, tokens_BxP, cache):
 
 def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, target_params,
                 drafter_params, tokens_BxT, prompt_lengths_B, rng) -> LoopState:
-  """Prefill and generate until every row is done. Jit with the first four args static."""
+  """Prefill and generate until every row is done (jitted with `_STATIC` static)."""
   target = nnx.merge(target_def, target_params)
   drafter = nnx.merge(drafter_def, drafter_params) if drafter_def is not None else None
   batch, max_len = tokens_BxT.shape
@@ -199,6 +200,9 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, tar
       accepted_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
   body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B)
   return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, state)
+
+
+_STATIC = ("cfg", "target_def", "drafter_def", "prompt_len")
 
 
 @dataclasses.dataclass
@@ -267,12 +271,15 @@ class SpeculativeDecoder:
   def _executable(self, batch: int, prompt_len: int):
     key = (batch, prompt_len)
     if key not in self._compiled:
-      fn = jax.jit(decode_loop, static_argnums=(0, 1, 2, 3), donate_argnums=(6,))
+      fn = jax.jit(decode_loop, static_argnames=_STATIC, donate_argnames="tokens_BxT")
       max_len = prompt_len + self.cfg.max_new_tokens
       self._compiled[key] = fn.lower(
-          self.cfg, self.target_def, self.drafter_def, prompt_len, self.target_params,
-          self.drafter_params, jax.ShapeDtypeStruct((batch, max_len), jnp.int32),
-          jax.ShapeDtypeStruct((batch,), jnp.int32), jax.random.key(0)).compile()
+          cfg=self.cfg, target_def=self.target_def, drafter_def=self.drafter_def,
+          prompt_len=prompt_len, target_params=self.target_params,
+          drafter_params=self.drafter_params,
+          tokens_BxT=jax.ShapeDtypeStruct((batch, max_len), jnp.int32),
+          prompt_lengths_B=jax.ShapeDtypeStruct((batch,), jnp.int32),
+          rng=jax.random.key(0)).compile()
     return self._compiled[key]
 
   def check_fits(self, prompt_len: int, cache_len: int | None = None) -> None:
@@ -306,8 +313,9 @@ class SpeculativeDecoder:
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     run = self._executable(batch, prompt_len)
     start = time.perf_counter()
-    state = run(self.target_params, self.drafter_params, jnp.asarray(tokens),
-                jnp.asarray(lengths), jax.random.key(seed))
+    state = run(target_params=self.target_params, drafter_params=self.drafter_params,
+                tokens_BxT=jnp.asarray(tokens), prompt_lengths_B=jnp.asarray(lengths),
+                rng=jax.random.key(seed))
     state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     out_tokens, out_lengths, iterations, accepts, drafts = jax.device_get(

@@ -36,18 +36,18 @@ import numpy as np
 _FLOOR_EPS = 1e-9
 
 
-def cod_counts(length: int, num_depths: int, r: float, r_min: float) -> tuple[int, ...]:
+def cod_counts(length: int, num_draft_tokens: int, r: float, r_min: float) -> tuple[int, ...]:
   """Kept slots per depth `(L, n_1, ..., n_{K-1})` under COD; depends only on static values."""
-  if num_depths < 1:
-    raise ValueError(f"num_depths must be >= 1, got {num_depths}")
-  if length < num_depths:
-    raise ValueError(f"length ({length}) must be >= num_depths ({num_depths})")
+  if num_draft_tokens < 1:
+    raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+  if length < num_draft_tokens:
+    raise ValueError(f"length ({length}) must be >= num_draft_tokens ({num_draft_tokens})")
   if not 0.0 < r <= 1.0:
     raise ValueError(f"r must be in (0, 1], got {r}")
   if not 0.0 <= r_min <= 1.0:
     raise ValueError(f"r_min must be in [0, 1], got {r_min}")
   counts = [length]
-  for depth in range(1, num_depths):
+  for depth in range(1, num_draft_tokens):
     wanted = math.floor(length * max(r ** depth, r_min) + _FLOOR_EPS)
     counts.append(max(0, min(wanted, counts[-1] - 1)))
   return tuple(counts)

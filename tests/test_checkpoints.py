@@ -2,18 +2,20 @@
 
 import json
 
+import gguf
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from pard_jax import checkpoints, drafting
-from pard_jax.config import ConfigError
+from pard_jax import checkpoints, drafter_kinds
+from pard_jax.errors import ConfigError
 from pard_jax.model import grow_vocab
 from pard_jax.sharding import make_mesh
-from tests.helpers import hf_logits, save_hf_model
+from tests.hf_helpers import hf_logits, save_hf_model
 
 
 def _logits(model, tokens):
@@ -35,7 +37,7 @@ def test_export_reloads_in_transformers_with_same_logits(arch, tmp_path, tokens)
   np.testing.assert_allclose(hf_logits(reloaded, tokens), _logits(model, tokens), atol=1e-4)
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert config["pard_token"] == 5 and config["spd_type"] == "pard"
-  assert checkpoints.load_config(tmp_path / "out").drafter_kind == drafting.PardDrafter(5)
+  assert checkpoints.read_config(tmp_path / "out").drafter == drafter_kinds.PardDrafter(5)
 
 
 def test_bfloat16_export_round_trips(tmp_path, tokens):
@@ -137,6 +139,103 @@ def test_clear_errors(tmp_path):
     checkpoints.load_model(tmp_path / "fake.gguf")
 
 
+def _write_gguf(hf, path):
+  """`hf` (a tied-embedding transformers Llama) as a float32 GGUF laid out as llama.cpp converts
+  it: gguf's own tensor names, q/k rows permuted to interleave the rotary halves."""
+  config = hf.config
+  names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+  writer = gguf.GGUFWriter(path, "llama")
+  writer.add_block_count(config.num_hidden_layers)
+  writer.add_vocab_size(config.vocab_size)
+  writer.add_context_length(config.max_position_embeddings)
+  writer.add_embedding_length(config.hidden_size)
+  writer.add_feed_forward_length(config.intermediate_size)
+  writer.add_head_count(config.num_attention_heads)
+  writer.add_head_count_kv(config.num_key_value_heads)
+  writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+  writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+  for name, tensor in hf.state_dict().items():
+    if name == "lm_head.weight":  # tied: GGUF stores the embedding once
+      continue
+    weight_OxI = tensor.numpy()
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
+      heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
+      weight_OxI = weight_OxI.reshape(heads, 2, -1, weight_OxI.shape[1]).swapaxes(1, 2).reshape(
+          weight_OxI.shape)
+    writer.add_tensor(names.get_name(name, try_suffixes=(".weight",)), weight_OxI)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_gguf_is_parsed_once_per_load_and_matches_transformers(tmp_path, tokens, monkeypatch):
+  hf = save_hf_model("smollm2", tmp_path / "hf")
+  _write_gguf(hf, tmp_path / "tiny.gguf")
+  readers = []
+  reader_class = gguf.GGUFReader
+  monkeypatch.setattr(gguf, "GGUFReader", lambda *args: readers.append(args) or reader_class(*args))
+
+  model = checkpoints.load_model(tmp_path / "tiny.gguf")
+  assert len(readers) == 1  # its config and its tensors from one parse
+  assert model.config.tie_word_embeddings and model.config.num_layers == 2
+  np.testing.assert_allclose(_logits(model, tokens), hf_logits(hf, tokens), atol=1e-4)
+
+  # A delta over a GGUF base opens the base once too.
+  model.norm.weight[...] = model.norm.weight[...] + 1
+  checkpoints.save_delta(model, tmp_path / "delta", tmp_path / "tiny.gguf")
+  readers.clear()
+  checkpoints.load_model(tmp_path / "delta")
+  assert len(readers) == 1
+  base = checkpoints.read_config(tmp_path / "delta").delta.base
+  assert base == str((tmp_path / "tiny.gguf").resolve())
+
+
+def test_config_errors_name_the_file(tmp_path):
+  save_hf_model("smollm2", tmp_path / "ok")
+  config = json.loads((tmp_path / "ok" / "config.json").read_text())
+
+  def checkpoint(name, content):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(
+        content if isinstance(content, str) else json.dumps(content))
+    return tmp_path / name
+
+  (tmp_path / "weights.bin").write_bytes(b"")
+  with pytest.raises(checkpoints.CheckpointError, match="neither a HF model directory nor"):
+    checkpoints.read_config(tmp_path / "weights.bin")
+  with pytest.raises(checkpoints.CheckpointError, match="bad_json/config.json is not valid JSON"):
+    checkpoints.read_config(checkpoint("bad_json", "{"))
+  with pytest.raises(checkpoints.CheckpointError, match="list: .*a JSON object, got list"):
+    checkpoints.read_config(checkpoint("list", "[1]"))
+  with pytest.raises(ConfigError, match="no_layers: config.json lacks required field.*"
+                     "num_hidden_layers"):
+    checkpoints.read_config(checkpoint("no_layers", {k: v for k, v in config.items()
+                                                     if k != "num_hidden_layers"}))
+  with pytest.raises(checkpoints.CheckpointError, match=r"pard: pard mask tokens \(999,\) lie "
+                     "outside"):
+    checkpoints.read_config(checkpoint("pard", {**config, "pard_token": 999}))
+  with pytest.raises(checkpoints.CheckpointError, match="parallelspec: .*lie outside the "
+                     "vocabulary"):
+    checkpoints.read_config(checkpoint("parallelspec", {**config, "parallelspec_tokens": [3, 256]}))
+  with pytest.raises(checkpoints.CheckpointError, match="bad_delta/config.json: pard_jax_delta "
+                     "must be an object"):
+    checkpoints.read_config(checkpoint("bad_delta", {**config, checkpoints.DELTA_FIELD: "base"}))
+
+
+def test_safetensors_round_trip_views_and_name_unreadable_tensors(tmp_path):
+  array_OxI = np.arange(6, dtype=np.float32).reshape(2, 3)
+  checkpoints.write_safetensors(tmp_path / "t.safetensors",
+                                {"t": array_OxI.T, "f8": np.zeros(2, ml_dtypes.float8_e4m3fn)})
+  tensors = checkpoints.read_safetensors(tmp_path / "t.safetensors")
+  assert sorted(tensors) == ["f8", "t"]
+  np.testing.assert_array_equal(tensors["t"], array_OxI.T)  # a view is written as it reads
+  with pytest.raises(checkpoints.CheckpointError, match=r"t.safetensors: cannot read tensor "
+                     r"'f8' \(F8_E4M3\)"):
+    tensors["f8"]
+
+
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_real_smollm2_gguf_logits_match_transformers(smollm2, smollm2_hf):
   _, model, tokenizer = smollm2
@@ -176,9 +275,9 @@ def test_delta_stores_only_what_training_changed_and_exports_standalone(tmp_path
   mlp[...] = mlp[...] * 1.5
   table = drafter.embed_tokens.embedding
   table[...] = table[...].at[7].add(0.25)  # the mask row
-  drafter.config = drafter.config.replace(drafter_kind=drafting.PardDrafter(7),
-                                          draft_vocab=(1, 2, 7))
-  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base", keep_layers=(1,))
+  drafter.config = drafter.config.replace(draft_vocab=(1, 2, 7))
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base", keep_layers=(1,),
+                         drafter=drafter_kinds.PardDrafter(7))
 
   stored = checkpoints.read_safetensors(tmp_path / "delta" / "model.safetensors")
   assert set(stored) == {"model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight:rows",
@@ -187,10 +286,13 @@ def test_delta_stores_only_what_training_changed_and_exports_standalone(tmp_path
   assert stored["model.layers.0.mlp.up_proj.weight"].dtype == np.float16
   loaded = checkpoints.load_model(tmp_path / "delta")
   assert loaded.config == drafter.config
+  delta_config = checkpoints.read_config(tmp_path / "delta")
+  assert delta_config.drafter == drafter_kinds.PardDrafter(7)
+  assert delta_config.delta.keep_layers == (1,)
   np.testing.assert_allclose(_logits(loaded, tokens), _logits(drafter, tokens), atol=1e-2)
 
   # The standalone export of the delta is an ordinary HF directory, as the full model.
-  checkpoints.save_hf(loaded, tmp_path / "standalone")
+  checkpoints.save_hf(loaded, tmp_path / "standalone", drafter=delta_config.drafter)
   hf_config = json.loads((tmp_path / "standalone" / "config.json").read_text())
   assert hf_config["pard_token"] == 7 and checkpoints.DELTA_FIELD not in hf_config
   hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "standalone")
@@ -204,14 +306,14 @@ def test_delta_of_a_grown_vocabulary_stores_the_new_rows(tmp_path, tokens):
   base = checkpoints.load_model(tmp_path / "base")
   vocab = base.config.vocab_size
   drafter = grow_vocab(base, vocab + 3)  # ParallelSpec's appended mask rows
-  drafter.config = drafter.config.replace(
-      drafter_kind=drafting.ParallelSpecDrafter((vocab, vocab + 1, vocab + 2)))
-  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base")
+  kind = drafter_kinds.ParallelSpecDrafter((vocab, vocab + 1, vocab + 2))
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base", drafter=kind)
 
   stored = checkpoints.read_safetensors(tmp_path / "delta" / "model.safetensors")
   assert stored["model.embed_tokens.weight:row_ids"].tolist() == [vocab, vocab + 1, vocab + 2]
   loaded = checkpoints.load_model(tmp_path / "delta")
   assert loaded.config == drafter.config
+  assert checkpoints.read_config(tmp_path / "delta").drafter == kind
   np.testing.assert_allclose(_logits(loaded, tokens), _logits(drafter, tokens), atol=1e-2)
 
   # The other way round, the base has rows the model lacks: not a delta of that base.

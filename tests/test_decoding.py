@@ -9,16 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from pard_jax import checkpoints, drafting, sampling
+from pard_jax import checkpoints, sampling
+from pard_jax import drafter_kinds as kinds
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
-from pard_jax.drafting import DraftConfigError
+from pard_jax.errors import CheckpointError, ConfigError
 from pard_jax.model import create_model
-from tests.helpers import perturbed, resized_vocab, save_hf_model
+from tests.helpers import perturbed, resized_vocab
 
 TINY = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
                    num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
@@ -29,7 +29,7 @@ MASK = 39
 def decode(target, drafter, prompts, seed=0, method="ar", mask_token_ids=None, **kwargs):
   if mask_token_ids is None:
     mask_token_ids = (MASK,) if method == "pard" else ()
-  kwargs["drafter"] = drafting.for_method(method, override=mask_token_ids)
+  kwargs["drafter"] = kinds.for_method(method, override=mask_token_ids)
   return SpeculativeDecoder(target, drafter, DecodeConfig(**kwargs)).generate(prompts, seed=seed)
 
 
@@ -59,6 +59,8 @@ def test_greedy_speculative_equals_autoregressive(seed, k, method, lengths, data
 
 @pytest.mark.parametrize("arch", ["llama3", "qwen3"])
 def test_greedy_matches_transformers_generate(arch, tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  from tests.hf_helpers import save_hf_model  # pylint: disable=g-import-not-at-top
   hf = save_hf_model(arch, tmp_path)
   target = checkpoints.load_model(tmp_path)
   drafter = perturbed(target, 0.2, 0)
@@ -143,14 +145,14 @@ def test_bad_requests_get_clear_errors():
     decode(target, None, [[1, 45]])
   with pytest.raises(DecodeError, match="at least one token"):
     decode(target, None, [[1], []])
-  with pytest.raises(DraftConfigError, match="unknown method 'medusa'; choose from ar, sd"):
-    drafting.for_method("medusa")
-  with pytest.raises(DecodeError, match="drafter must be a drafting.DrafterKind"):
+  with pytest.raises(ConfigError, match="unknown method 'medusa'; choose from ar, sd"):
+    kinds.for_method("medusa")
+  with pytest.raises(DecodeError, match="drafter must be a drafter_kinds.DrafterKind"):
     DecodeConfig(drafter="pard")
   with pytest.raises(DecodeError, match="top_p"):
     DecodeConfig(top_p=0.0)
-  with pytest.raises(DraftConfigError, match="needs 3 distinct mask ids; this drafter has 1"):
-    DecodeConfig(drafter=drafting.ParallelSpecDrafter((1,)), num_draft_tokens=4)
+  with pytest.raises(ConfigError, match="needs 3 distinct mask ids; this drafter has 1"):
+    DecodeConfig(drafter=kinds.ParallelSpecDrafter((1,)), num_draft_tokens=4)
 
 
 
@@ -188,39 +190,43 @@ def test_restricted_draft_vocabulary_stays_exact(method):
 
 
 def test_drafter_kinds_own_their_config_json_fields():
-  pard, spec = drafting.PardDrafter(9), drafting.ParallelSpecDrafter((7, 8, 9))
-  assert drafting.from_hf({"pard_token": 9, "spd_type": "pard"}) == pard
-  assert drafting.from_hf({"parallelspec_tokens": [7, 8, 9]}) == spec
-  assert drafting.from_hf({"model_type": "llama"}) is None
+  pard, spec = kinds.PardDrafter(9), kinds.ParallelSpecDrafter((7, 8, 9))
+  assert kinds.from_hf({"pard_token": 9, "spd_type": "pard"}) == pard
+  assert kinds.from_hf({"parallelspec_tokens": [7, 8, 9]}) == spec
+  assert kinds.from_hf({"model_type": "llama"}) is None
   for kind in (pard, spec):
-    assert drafting.from_hf(kind.to_hf()) == kind
-    config = ModelConfig(vocab_size=40, drafter_kind=kind)
-    assert ModelConfig.from_hf(config.to_hf()).drafter_kind == kind
+    assert kinds.from_hf(kind.to_hf()) == kind
   assert pard.mask_ids(4) == (9, 9, 9) and spec.mask_ids(3) == (7, 8)
   # Method names become kinds at the config boundary; the config's kind or an override.
-  assert drafting.for_method("pard", pard) == pard
-  assert drafting.for_method("pard", None, override=(5,)) == drafting.PardDrafter(5)
-  assert drafting.for_method("parallelspec", spec) == spec
-  assert drafting.for_method("sd", pard) == drafting.AutoregressiveDrafter()
-  assert drafting.for_method("ar").num_drafts(4) == 0
+  assert kinds.for_method("pard", pard) == pard
+  assert kinds.for_method("pard", None, override=(5,)) == kinds.PardDrafter(5)
+  assert kinds.for_method("parallelspec", spec) == spec
+  assert kinds.for_method("sd", pard) == kinds.AutoregressiveDrafter()
+  assert kinds.for_method("ar").num_drafts(4) == 0
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: drafting.for_method("pard", None), "not a PARD checkpoint.*declares no drafter"),
-    (lambda: drafting.for_method("pard", drafting.ParallelSpecDrafter((3, 4))),
+    (lambda: kinds.for_method("pard", None), "not a PARD checkpoint.*declares no drafter"),
+    (lambda: kinds.for_method("pard", kinds.ParallelSpecDrafter((3, 4))),
      "not a PARD checkpoint.*declares parallelspec"),
-    (lambda: drafting.for_method("parallelspec", drafting.PardDrafter(3)),
+    (lambda: kinds.for_method("parallelspec", kinds.PardDrafter(3)),
      "not a ParallelSpec checkpoint.*declares pard"),
-    (lambda: drafting.for_method("pard", None, override=(4, 5)), "one shared mask token"),
-    (lambda: drafting.ParallelSpecDrafter((7, 7)), "distinct"),
-    (lambda: drafting.ParallelSpecDrafter((7, 8)).mask_ids(4), r"K <= 3"),
-    (lambda: drafting.from_hf({"pard_token": 3, "spd_type": "parallelspec"}),
-     "spd_type 'parallelspec' does not match"),
-    (lambda: drafting.from_hf({"spd_type": "pard"}), "spd_type 'pard' does not match"),
+    (lambda: kinds.for_method("pard", None, override=(4, 5)), "one shared mask token"),
+    (lambda: kinds.ParallelSpecDrafter((7, 7)), "distinct"),
+    (lambda: kinds.ParallelSpecDrafter((7, 8)).mask_ids(4), r"K <= 3"),
 ])
 def test_bad_drafter_kinds_are_named(make, message):
-  with pytest.raises(DraftConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     make()
+
+
+@pytest.mark.parametrize("hf, message", [
+    ({"pard_token": 3, "spd_type": "parallelspec"}, "spd_type 'parallelspec' does not match"),
+    ({"spd_type": "pard"}, "spd_type 'pard' does not match"),
+])
+def test_config_json_declaring_a_bad_drafter_kind_is_named(hf, message):
+  with pytest.raises(CheckpointError, match=message):
+    kinds.from_hf(hf)
 
 
 def test_parallelspec_distinct_masks_stay_exact():

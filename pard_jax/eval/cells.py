@@ -9,23 +9,14 @@ identical-to-`ar` count compare a cell with the `ar` cell of the same prompts.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
 from pard_jax.decoding import SpeculativeDecoder
+from pard_jax.prompting import padded_batches, prompt_width
 
-PROMPT_BUCKET = 16  # prompt widths round up to this, so a whole set compiles once
 OURS = "pard_jax"
-
-
-def prompt_width(decoder: SpeculativeDecoder, longest: int, cache_len: int = 0) -> int:
-  """`longest` rounded up to PROMPT_BUCKET, but never past the room the cache leaves."""
-  room = min(cache_len or decoder.max_positions, decoder.max_positions) - decoder.cfg.max_new_tokens
-  width = max(longest, min(PROMPT_BUCKET * math.ceil(longest / PROMPT_BUCKET), room))
-  decoder.check_fits(width, cache_len or None)
-  return width
 
 
 @dataclasses.dataclass
@@ -78,14 +69,6 @@ def acceptance_by_depth(accepted_drafts: Sequence[Sequence[int]], k: int) -> lis
 def count_identical(rows: Sequence[dict], ar_rows: Sequence[dict]) -> int:
   """Prompts whose generated ids equal `ar`'s token for token."""
   return sum(r["output_ids"] == a["output_ids"] for r, a in zip(rows, ar_rows, strict=True))
-
-
-def padded_batches(items: Sequence, batch_size: int):
-  """(start, batch, padded) per batch; a short last batch is padded with copies of its first
-  item so that every batch has the compiled shape."""
-  for start in range(0, len(items), batch_size):
-    batch = list(items[start:start + batch_size])
-    yield start, batch, batch + [batch[0]] * (batch_size - len(batch))
 
 
 def run_cell(decoder: SpeculativeDecoder, prompts: Sequence[Sequence[int]], batch_size: int,

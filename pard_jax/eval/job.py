@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Any
 
 from absl import logging
 
-from pard_jax import checkpoints, drafting
-from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
+from pard_jax import checkpoints, prompting
+from pard_jax import drafter_kinds as kinds
+from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
+from pard_jax.errors import DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
 from pard_jax.eval import peers as peers_lib
 from pard_jax.eval import prompts as prompts_lib
@@ -30,21 +31,6 @@ def _load_tokenizer(path):
   except (OSError, ValueError) as e:
     logging.warning("no tokenizer at %s (%s): outputs carry ids only", path, e)
     return None
-
-
-def stop_ids(model_path, hf_config: dict[str, Any], tokenizer) -> tuple[int, ...]:
-  """EOS ids from config.json, generation_config.json and the tokenizer."""
-  ids = set()
-  sources = [hf_config.get("eos_token_id")]
-  generation_config = pathlib.Path(model_path) / "generation_config.json"
-  if generation_config.exists():
-    sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
-  if tokenizer is not None:
-    sources.append(tokenizer.eos_token_id)
-  for source in sources:
-    if source is not None:
-      ids.update(source if isinstance(source, list) else [source])
-  return tuple(sorted(int(i) for i in ids))
 
 
 def shared_vocab_size(target_hf: dict[str, Any], drafter_hf: dict[str, Any], target_tokenizer,
@@ -71,7 +57,7 @@ def tokenize_set(prompt_set: prompts_lib.PromptSet, spec: EvalSpec, tokenizer,
     tokens = prompt.token_ids(tokenizer, spec.chat_template)
     bad = [t for t in tokens if not 0 <= t < vocab_size]
     if bad:
-      raise prompts_lib.PromptError(f"{prompt.origin}: token id {bad[0]} is outside the "
+      raise DataError(f"{prompt.origin}: token id {bad[0]} is outside the "
                                     f"target's vocabulary [0, {vocab_size})")
     ids.append(tokens)
   return [p.origin for p in prompts], ids
@@ -93,24 +79,25 @@ def run(config) -> EvalResult:
   spec = config if isinstance(config, EvalSpec) else EvalSpec.from_config(config)
   report = Report(spec)
   tokenizer = _load_tokenizer(spec.target)
-  target_hf = checkpoints.load_hf_config(spec.target)
+  target_hf = checkpoints.read_config(spec.target).hf
   sets = {s.name: tokenize_set(s, spec, tokenizer, target_hf["vocab_size"])
           for s in spec.prompt_sets}
   stops = (spec.stop_token_ids if spec.stop_token_ids is not None
-           else stop_ids(spec.target, target_hf, tokenizer))
+           else prompting.stop_ids(target_hf, checkpoints.load_generation_config(spec.target),
+                                   tokenizer))
 
   declared, shared_vocab = {}, {}  # per drafter path: its config.json's kind, shared vocab
   for method in spec.methods[1:]:
     path = spec.drafter_for(method)
     if path not in declared:
-      drafter_hf = checkpoints.load_hf_config(path)
-      declared[path] = drafting.from_hf(drafter_hf)
-      shared_vocab[path] = shared_vocab_size(target_hf, drafter_hf, tokenizer, path)
+      drafter = checkpoints.read_config(path)
+      declared[path] = drafter.drafter
+      shared_vocab[path] = shared_vocab_size(target_hf, drafter.hf, tokenizer, path)
   configs = {}
   for method, k in spec.cells():
     path = spec.drafter_for(method)
     configs[method, k] = DecodeConfig(
-        drafter=drafting.for_method(method, declared.get(path), spec.mask_token_ids),
+        drafter=kinds.for_method(method, declared.get(path), spec.mask_token_ids),
         num_draft_tokens=k or 1, max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
         stop_token_ids=stops, shared_vocab_size=shared_vocab[path] if k else 0)
@@ -140,7 +127,8 @@ def run(config) -> EvalResult:
         if method == "ar":
           cell.speedup_vs_ar = 1.0
         report.add(cell, rows)
-        logging.info("%s", cell.to_json())
+        logging.info("%s %s K=%d: tau %s, %.1f tok/s", name, method, k,
+                     f"{cell.tau:.2f}" if cell.tau else "-", cell.tokens_per_second)
       if method == "ar":
         ar = (report.cells[key], rows)
       records += [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from pard_jax import checkpoints
 from pard_jax.eval.cells import CellResult
-from pard_jax.eval.spec import EvalConfigError, EvalSpec
+from pard_jax.errors import ConfigError
+from pard_jax.eval.spec import EvalSpec
 
 TRANSFORMERS = "transformers"
 
@@ -27,9 +28,10 @@ def load_transformers_model(path: pathlib.Path, dtype: str):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise EvalConfigError("config.peers=transformers needs torch: pip install torch "
+    raise ConfigError("config.peers=transformers needs torch: pip install torch "
                           "(the CPU build is enough)") from e
-  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[dtype]
   if path.is_dir() and checkpoints.DELTA_FIELD in checkpoints.load_hf_config(path):
     # transformers reads whole checkpoints: write the delta's standalone form first.
     with tempfile.TemporaryDirectory() as standalone:

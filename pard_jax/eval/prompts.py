@@ -24,11 +24,7 @@ import tomllib
 import zipfile
 from typing import Sequence
 
-from pard_jax.decoding import DecodeError
-
-
-class PromptError(DecodeError):
-  """A prompt set cannot be read; the message names the set, or the file and line."""
+from pard_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +38,7 @@ class Prompt:
     if self.input_ids is not None:
       return list(self.input_ids)
     if tokenizer is None:
-      raise PromptError(f"{self.origin}: text prompts need a tokenizer next to the target")
+      raise DataError(f"{self.origin}: text prompts need a tokenizer next to the target")
     if chat_template:
       return list(tokenizer.apply_chat_template([{"role": "user", "content": self.text}],
                                                 add_generation_prompt=True, return_dict=False))
@@ -61,10 +57,10 @@ def _package_file(package: str, relative: str, install: str) -> pathlib.Path:
   try:
     root = importlib.resources.files(package)
   except ModuleNotFoundError as e:
-    raise PromptError(f"prompt set source {package!r} is not installed: {install}") from e
+    raise DataError(f"prompt set source {package!r} is not installed: {install}") from e
   path = pathlib.Path(str(root / relative))
   if not path.exists():
-    raise PromptError(f"{path} is missing from the installed {package!r}; reinstall: {install}")
+    raise DataError(f"{path} is missing from the installed {package!r}; reinstall: {install}")
   return path
 
 
@@ -118,7 +114,7 @@ class GSM8K(PromptSet):
   def load(self) -> list[Prompt]:
     path = self.data_dir() / self.wheel
     if not path.exists():
-      raise PromptError(f"prompt set 'gsm8k' needs {path}: {self.install}")
+      raise DataError(f"prompt set 'gsm8k' needs {path}: {self.install}")
     with zipfile.ZipFile(path) as wheel:
       names = sorted(n for n in wheel.namelist() if n.startswith(self.folder)
                      and n.endswith(".toml"))
@@ -172,18 +168,18 @@ class JsonlFile(PromptSet):
 
   def load(self) -> list[Prompt]:
     if not self.path.is_file():
-      raise PromptError(f"prompts file not found: {self.path}")
+      raise DataError(f"prompts file not found: {self.path}")
     prompts = []
     for number, raw in enumerate(self.path.read_bytes().splitlines(), 1):
       origin = f"{self.path}:{number}"
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise PromptError(f"{origin}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+        raise DataError(f"{origin}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
       if line.strip():
         prompts.append(_parse_line(line, origin))
     if not prompts:
-      raise PromptError(f"{self.path}: no prompts")
+      raise DataError(f"{self.path}: no prompts")
     return prompts
 
 
@@ -191,24 +187,24 @@ def _parse_line(line: str, origin: str) -> Prompt:
   try:
     record = json.loads(line)
   except json.JSONDecodeError as e:
-    raise PromptError(f"{origin}: not valid JSON: {e}") from e
+    raise DataError(f"{origin}: not valid JSON: {e}") from e
   if not isinstance(record, dict):
-    raise PromptError(f"{origin}: a line must be a JSON object with \"prompt\" or "
+    raise DataError(f"{origin}: a line must be a JSON object with \"prompt\" or "
                       f"\"input_ids\", got {type(record).__name__} {line.strip()[:40]}")
   if "input_ids" in record:
     ids = record["input_ids"]
     # bool is an int subclass; 1.7 must not become 1.
     if (not isinstance(ids, list) or not ids
         or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
-      raise PromptError(f"{origin}: \"input_ids\" must be a non-empty list of integers, "
+      raise DataError(f"{origin}: \"input_ids\" must be a non-empty list of integers, "
                         f"got {json.dumps(ids)[:60]}")
     return Prompt(origin, input_ids=tuple(ids))
   if "prompt" in record:
     text = record["prompt"]
     if not isinstance(text, str) or not text:
-      raise PromptError(f"{origin}: \"prompt\" must be non-empty text, got {json.dumps(text)[:60]}")
+      raise DataError(f"{origin}: \"prompt\" must be non-empty text, got {json.dumps(text)[:60]}")
     return Prompt(origin, text=text)
-  raise PromptError(f"{origin}: a line needs \"prompt\" or \"input_ids\", got keys "
+  raise DataError(f"{origin}: a line needs \"prompt\" or \"input_ids\", got keys "
                     f"{sorted(record)}")
 
 
@@ -217,7 +213,7 @@ def resolve(spec: str | Sequence[str]) -> list[PromptSet]:
   names = spec.split(",") if isinstance(spec, str) else list(spec)
   names = [n.strip() for n in names if n.strip()]
   if not names:
-    raise PromptError(f"no prompt set given; known sets: {', '.join(PROMPT_SETS)}, or a .jsonl file")
+    raise DataError(f"no prompt set given; known sets: {', '.join(PROMPT_SETS)}, or a .jsonl file")
   sets = []
   for name in names:
     if name in PROMPT_SETS:
@@ -225,8 +221,8 @@ def resolve(spec: str | Sequence[str]) -> list[PromptSet]:
     elif name.endswith(".jsonl") or "/" in name:
       sets.append(JsonlFile(pathlib.Path(name).expanduser()))
     else:
-      raise PromptError(f"unknown prompt set {name!r}; known sets: {', '.join(PROMPT_SETS)}, "
+      raise DataError(f"unknown prompt set {name!r}; known sets: {', '.join(PROMPT_SETS)}, "
                         "or a path to a .jsonl file")
   if len({s.name for s in sets}) != len(sets):
-    raise PromptError(f"prompt sets must have distinct names, got {[s.name for s in sets]}")
+    raise DataError(f"prompt sets must have distinct names, got {[s.name for s in sets]}")
   return sets

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import jax
 
 from pard_jax.eval.cells import OURS, CellResult
-from pard_jax.eval.spec import EvalConfigError, EvalSpec
+from pard_jax.errors import ConfigError
+from pard_jax.eval.spec import EvalSpec
 
 
 def device_name() -> str:
@@ -78,7 +79,7 @@ class Report:
                if stored_config.get(k) != v}
     if changed:
       field, (old, new) = next(iter(changed.items()))
-      raise EvalConfigError(
+      raise ConfigError(
           f"config.report_dir: {self.directory} holds results measured with other settings "
           f"({field}: {old!r} there, {new!r} now); use a new report_dir or the same settings")
     self.cells.update((cell.key, cell) for cell in cells)

@@ -2,34 +2,22 @@
 
 Strings stop here: `EvalSpec.from_config` turns `method="ar,sd,pard"`, `num_draft_tokens=(2, 4)`,
 `prompts="mtbench,gsm8k"` and `peers="transformers"` into typed values, and every bad value
-raises an `EvalConfigError` naming its field, in seconds, before a model is read.
+raises a `ConfigError` naming its field, in seconds, before a model is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-import tempfile
 from typing import Any
 
-from pard_jax import checkpoints
-from pard_jax.decoding import DecodeError
-from pard_jax.drafting import METHODS
+from pard_jax.checkpoints import assets
+from pard_jax.config import DTYPES
+from pard_jax.drafter_kinds import MAX_DRAFT_TOKENS, METHODS
+from pard_jax.errors import ConfigError, DataError, require, require_writable
 from pard_jax.eval import prompts as prompts_lib
 
 PEERS = ("transformers",)
-DTYPES = ("float32", "bfloat16")
-MAX_DRAFT_TOKENS = 64
-
-
-class EvalConfigError(DecodeError):
-  """A decode.py config value is invalid; the message names the field."""
-
-
-def require(ok: bool, field: str, message: str) -> None:
-  """Raises an `EvalConfigError` naming `config.<field>` unless `ok`."""
-  if not ok:
-    raise EvalConfigError(f"config.{field}: {message}")
 
 
 def _is_int(value) -> bool:
@@ -39,17 +27,6 @@ def _is_int(value) -> bool:
 def _names(value, field: str) -> tuple[str, ...]:
   require(isinstance(value, str), field, f"must be comma-separated names, got {value!r}")
   return tuple(n.strip() for n in value.split(",") if n.strip())
-
-
-def check_writable_file(path: pathlib.Path, field: str) -> None:
-  """Fails now, not after hours of decoding, when `path` cannot be written."""
-  require(not path.is_dir(), field, f"{path} is a directory; give a file path")
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write_check_"):
-      pass
-  except OSError as e:
-    raise EvalConfigError(f"config.{field}: cannot write {path}: {e.strerror or e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,15 +108,10 @@ class EvalSpec:
     for peer in peers:
       require(peer in PEERS, "peers", f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
 
-    target = pathlib.Path(c.target).expanduser() if c.target else None
-    if target is None:
-      try:
-        target = checkpoints.smollm2_gguf_path()
-      except FileNotFoundError as e:
-        raise EvalConfigError(f"config.target: empty, and the default target is missing: {e}")
+    target = assets.resolve_setting(c.target or assets.SMOLLM2_GGUF, "target")
     require(target.exists(), "target", f"{target} does not exist (a HF directory or .gguf)")
-    drafter = pathlib.Path(c.drafter).expanduser() if c.drafter else None
-    sd_drafter = pathlib.Path(c.sd_drafter).expanduser() if c.sd_drafter else drafter
+    drafter = assets.resolve_setting(c.drafter, "drafter")
+    sd_drafter = assets.resolve_setting(c.sd_drafter, "sd_drafter") or drafter
     for field, path, needs in (("sd_drafter", sd_drafter, [m for m in methods if m == "sd"]),
                                ("drafter", drafter, [m for m in methods if m not in ("ar", "sd")])):
       if needs:
@@ -148,15 +120,15 @@ class EvalSpec:
         require(path.exists(), field, f"{path} does not exist")
     try:
       sets = tuple(prompts_lib.resolve(c.prompts))
-    except prompts_lib.PromptError as e:
-      raise EvalConfigError(f"config.prompts: {e}") from e
+    except DataError as e:
+      raise ConfigError(f"config.prompts: {e}") from e
 
     output = pathlib.Path(c.output).expanduser() if c.output else None
     if output is not None:
-      check_writable_file(output, "output")
+      require_writable(output, "output")
     report_dir = pathlib.Path(c.report_dir).expanduser() if c.report_dir else None
     if report_dir is not None:
-      check_writable_file(report_dir / "results.json", "report_dir")
+      require_writable(report_dir / "results.json", "report_dir")
     return cls(target=target, drafter=drafter, sd_drafter=sd_drafter,
                methods=("ar",) + tuple(m for m in methods if m != "ar"), draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),

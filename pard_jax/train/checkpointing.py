@@ -21,10 +21,10 @@ def quiet_orbax_logs() -> None:
   logging.get_absl_handler().addFilter(_WarningsOnlyFromOrbax())
 
 
-def checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: pathlib.Path, max_checkpoints: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       (workdir / "checkpoints").absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.max_checkpoints, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_checkpoints, create=True))
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state, position: int) -> None:

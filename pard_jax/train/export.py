@@ -5,15 +5,16 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pard_jax import checkpoints, drafting
+from pard_jax import checkpoints
+from pard_jax.drafter_kinds import DrafterKind
+from pard_jax.train.spec import TrainSpec
 
 
 def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
-           config: ml_collections.ConfigDict, kind: drafting.DrafterKind) -> pathlib.Path:
+           spec: TrainSpec, kind: DrafterKind) -> pathlib.Path:
   """Writes `workdir/hf` from process 0, after gathering the parameters onto every host.
 
   A drafter trained with its shared tensors frozen (`train.trainable="layers"`) is also
@@ -23,15 +24,14 @@ def export(model_graphdef, state, mesh: Mesh, workdir: pathlib.Path, tokenizer,
   out = workdir / "hf"
   if jax.process_index() == 0:
     model = nnx.merge(model_graphdef, params)
-    model.config = model.config.replace(drafter_kind=kind)
     extra = {}
     hf_config = model.config.to_hf()
     # From-scratch models know their special tokens only through the tokenizer.
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
       if hf_config.get(name) is None and getattr(tokenizer, name, None) is not None:
         extra[name] = getattr(tokenizer, name)
-    checkpoints.save_hf(model, out, tokenizer, extra_config=extra)
-    if config.train.trainable == "layers" and config.model.init:
-      checkpoints.save_delta(model, workdir / "delta", config.model.init,
-                             tuple(config.model.keep_layers))
+    checkpoints.save_hf(model, out, tokenizer, extra_config=extra, drafter=kind)
+    if spec.train.trainable == "layers" and spec.model.init is not None:
+      checkpoints.save_delta(model, workdir / "delta", spec.model.init, spec.model.keep_layers,
+                             drafter=kind)
   return out

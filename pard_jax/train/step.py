@@ -35,7 +35,7 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
-  max_grad_norm: float = 1.0  # <= 0 disables clipping
+  max_grad_norm: float = 1.0  # 0 disables clipping
 
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
@@ -95,9 +95,9 @@ def make_optimizer(cfg: OptimizerConfig, trainable: str = "all",
 
 
 @dataclasses.dataclass(frozen=True)
-class PardConfig:
-  """Static description of the layout and loss: kept slots per depth, each depth's mask id
-  (one shared id for PARD, distinct ids for ParallelSpec) and the loss weights."""
+class StepConfig:
+  """Static settings of the train step: kept slots per depth, each depth's mask id (one shared
+  id for PARD, distinct ids for ParallelSpec) and the loss weights."""
   counts: tuple[int, ...]
   mask_tokens: tuple[int, ...]  # depth k >= 1 feeds mask_tokens[k - 1]
   # The head is frozen (`trainable="layers"`): skip its weight gradient, the costliest matmul
@@ -107,7 +107,7 @@ class PardConfig:
   kl_weight: float = 0.0  # KL(target || drafter) at every slot; needs a teacher (PARD-2: 0.1, 1.0)
 
   @property
-  def num_depths(self) -> int:
+  def num_draft_tokens(self) -> int:  # K: the depths of the layout
     return len(self.counts)
 
 
@@ -154,8 +154,8 @@ def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
   return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
 
 
-def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
-                 row_keys_B: jax.Array, pard: PardConfig,
+def layout_loss(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
+                 row_keys_B: jax.Array, step_cfg: StepConfig,
                  teacher_BxLxV: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed weighted loss (`ce_weight` * CE + `kl_weight` * KL) over the layout, and per-depth
@@ -164,60 +164,62 @@ def layout_stats(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
   Sums (not means) make gradient accumulation and data parallelism exact: the step divides by
   the total weight once.
   """
-  layout = layout_lib.build_layout(row_keys_B, batch, pard.counts, pard.mask_tokens)
+  layout = layout_lib.build_layout(row_keys_B, batch, step_cfg.counts, step_cfg.mask_tokens)
   mask_BxSxS = layout_lib.attention_mask(layout["depths"], layout["positions"],
                                          layout["segment_ids"])
   model = nnx.merge(graphdef, params)
   hidden_BxSxD, _ = model.backbone(layout["tokens"], layout["positions"],
                                    attn_mask_BxSxT=mask_BxSxS)
-  head = nnx.merge(graphdef, jax.lax.stop_gradient(params)) if pard.frozen_head else model
+  head = nnx.merge(graphdef, jax.lax.stop_gradient(params)) if step_cfg.frozen_head else model
   logits_BxSxR = head.head_logits(hidden_BxSxD)
   labels_BxS, weights_BxS = head_labels(model.config, layout["labels"], layout["weights"])
   nll_BxS = optax.softmax_cross_entropy_with_integer_labels(logits_BxSxR, labels_BxS)
   correct_BxS = (jnp.argmax(logits_BxSxR, axis=-1) == labels_BxS).astype(jnp.float32)
-  onehot_SxK = jnp.asarray(np.eye(pard.num_depths, dtype=np.float32)[
-      layout_lib.slot_depths(pard.counts)])
+  onehot_SxK = jnp.asarray(np.eye(step_cfg.num_draft_tokens, dtype=np.float32)[
+      layout_lib.slot_depths(step_cfg.counts)])
   per_depth = lambda x_BxS: jnp.einsum("bs,sk->k", x_BxS * weights_BxS, onehot_SxK)
   stats = dict(nll=per_depth(nll_BxS), correct=per_depth(correct_BxS),
                count=per_depth(jnp.ones_like(nll_BxS)))
-  loss_BxS = pard.ce_weight * nll_BxS
+  loss_BxS = step_cfg.ce_weight * nll_BxS
   if teacher_BxLxV is not None:
     kl_BxS = kl_to_teacher(model.config, logits_BxSxR, teacher_BxLxV, layout["index"])
     stats["kl"] = per_depth(kl_BxS)
-    loss_BxS = loss_BxS + pard.kl_weight * kl_BxS
+    loss_BxS = loss_BxS + step_cfg.kl_weight * kl_BxS
   return jnp.sum(loss_BxS * weights_BxS), stats
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                teacher_params=None, *, graphdef: nnx.GraphDef,
-               optimizer: optax.GradientTransformation, pard: PardConfig, accum_steps: int = 1,
+               optimizer: optax.GradientTransformation, step_cfg: StepConfig,
+               accum_steps: int = 1,
                teacher_graphdef: nnx.GraphDef | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a `[batch, L]` packed batch, accumulated over `accum_steps` chunks.
 
   Chunk c takes rows c, c + accum_steps, ... so every chunk stays split over the data axes. Each
   row's COD sample depends only on (rng, step, row), so accumulation does not change the layout.
-  With `pard.kl_weight > 0` the teacher (a frozen model, usually the target) runs on each chunk.
+  With `step_cfg.kl_weight > 0` the teacher (a frozen model, usually the target) runs on each
+  chunk.
   """
   def chunk(x):  # [batch, ...] -> [accum_steps, batch / accum_steps, ...]
     return x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1)
 
-  grad_fn = jax.grad(layout_stats, has_aux=True)
+  grad_fn = jax.grad(layout_loss, has_aux=True)
   row_keys_B = jax.random.split(jax.random.fold_in(rng, state["step"]),
                                 batch["tokens"].shape[0])
 
-  use_teacher = pard.kl_weight > 0
+  use_teacher = step_cfg.kl_weight > 0
 
   def accumulate(carry, xs):
     micro_batch, micro_keys = xs
     teacher = (teacher_logits(teacher_params, teacher_graphdef, micro_batch) if use_teacher
                else None)
-    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, pard, teacher)
+    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, step_cfg, teacher)
     return jax.tree.map(jnp.add, carry, (grads, stats)), None
 
   stat_names = ("nll", "correct", "count") + (("kl",) if use_teacher else ())
   zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
-           {k: jnp.zeros((pard.num_depths,), jnp.float32) for k in stat_names})
+           {k: jnp.zeros((step_cfg.num_draft_tokens,), jnp.float32) for k in stat_names})
   (grads, stats), _ = jax.lax.scan(
       accumulate, zeros, (jax.tree.map(chunk, batch), chunk(row_keys_B)))
   total = jnp.maximum(jnp.sum(stats["count"]), 1.0)
@@ -225,12 +227,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   count_K = jnp.maximum(stats["count"], 1.0)
-  loss = pard.ce_weight * jnp.sum(stats["nll"])
+  loss = step_cfg.ce_weight * jnp.sum(stats["nll"])
   metrics = dict(loss_per_depth=stats["nll"] / count_K,
                  accuracy_per_depth=stats["correct"] / count_K, tokens_per_depth=stats["count"],
                  grad_norm=optax.tree.norm(grads))
   if use_teacher:
-    loss = loss + pard.kl_weight * jnp.sum(stats["kl"])
+    loss = loss + step_cfg.kl_weight * jnp.sum(stats["kl"])
     metrics["kl_per_depth"] = stats["kl"] / count_K
   metrics["loss"] = loss / total
   return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
@@ -241,12 +243,13 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
 
 
 def jit_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                   pard: PardConfig, mesh: Mesh, state_sharding, accum_steps: int = 1,
+                   step_cfg: StepConfig, mesh: Mesh, state_sharding, accum_steps: int = 1,
                    teacher_graphdef: nnx.GraphDef | None = None, teacher_sharding=None):
   """`train_step` jitted over `mesh`: state kept in its shardings and donated, batch split;
   with a teacher, its parameters are a 4th argument, kept in `teacher_sharding`."""
   replicated = NamedSharding(mesh, P())
-  step = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, pard=pard,
+  step = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
+                           step_cfg=step_cfg,
                            accum_steps=accum_steps, teacher_graphdef=teacher_graphdef)
   in_shardings = (state_sharding, sharding_lib.batch_sharding(mesh), replicated)
   if teacher_graphdef is not None:

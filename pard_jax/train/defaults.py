@@ -1,0 +1,93 @@
+"""Every training field with its default: plain ml_collections data, no jax.
+
+`configs/*.py` start from `default_config()` and override what they need; `train.spec` checks
+and types the result once. K, the drafts per forward, is `drafter.num_draft_tokens`, the name
+decode.py uses. The keys of the former `pard` section still work for one release (`RENAMED`):
+`spec` reads them into their new fields and warns.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+# Old key -> new key; `pard.mask_token` (one id) becomes `drafter.mask_token_ids` = (id,).
+RENAMED = {
+    "pard.num_depths": "drafter.num_draft_tokens",
+    "pard.drafter": "drafter.method",
+    "pard.mask_token": "drafter.mask_token_ids",
+    "pard.mask_tokens": "drafter.mask_token_ids",
+    "pard.r": "drafter.r",
+    "pard.r_min": "drafter.r_min",
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      init="",  # HF directory, .gguf file or package:<file> of the AR model the drafter starts from
+      # Cut `init` to these decoder layers, in order (a drafter from its own target); () = all.
+      keep_layers=(),
+      # > 0: restrict the drafter's head to the data's most frequent tokens (saved as
+      # `draft_vocab` in config.json); cheaper steps and drafts, still exact. 0 = whole vocab.
+      draft_vocab_size=0,
+      # ModelConfig fields for a from-scratch model, used only when `init` is empty.
+      arch=ml_collections.ConfigDict(),
+      dtype="bfloat16",  # compute dtype
+      param_dtype="float32",  # storage dtype of parameters and optimizer moments
+      seed=0,  # init seed of a from-scratch model
+  ))
+  c.tokenizer = ""  # defaults to model.init
+  c.data = ml_collections.ConfigDict(dict(
+      source="",  # jsonl/json/parquet path, hub dataset name or tfds:NAME
+      split="train",
+      assistant_only_loss=True,
+      length=512,  # packed row length L (real tokens per row)
+      seed=0,  # packing order and per-epoch shuffles
+  ))
+  c.drafter = ml_collections.ConfigDict(dict(
+      # "pard": one shared mask token; "parallelspec": K-1 distinct ones.
+      method="pard",
+      num_draft_tokens=8,  # K: the layout's depths, the drafts per forward at decoding
+      # pard: (id,); parallelspec: K-1 distinct ids, or () for K-1 new rows past the vocabulary.
+      mask_token_ids=(),
+      r=0.7,  # COD: depth k keeps max(r**k, r_min) of the row's slots
+      r_min=0.2,
+  ))
+  # Renamed keys (RENAMED), None unless given.
+  c.pard = ml_collections.ConfigDict(dict(
+      num_depths=config_dict.placeholder(int), drafter=config_dict.placeholder(str),
+      mask_token=config_dict.placeholder(int), mask_tokens=config_dict.placeholder(tuple),
+      r=config_dict.placeholder(float), r_min=config_dict.placeholder(float)))
+  c.loss = ml_collections.ConfigDict(dict(
+      ce_weight=1.0,  # cross-entropy on the data
+      kl_weight=0.0,  # KL(teacher || drafter) per slot (PARD-2: ce 0.1, kl 1.0)
+      teacher="",  # HF directory or .gguf of the teacher (the target); "" = model.init, uncut
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=8,  # global rows per optimizer step
+      grad_accum_steps=1,
+      num_epochs=4.0,
+      num_steps=0,  # > 0 overrides num_epochs
+      learning_rate=1e-5,
+      schedule="constant",
+      warmup_steps=0,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      max_grad_norm=1.0,  # 0 disables clipping
+      # "all", or "layers": only the decoder layers and the mask tokens' embedding rows learn.
+      trainable="all",
+      seed=0,  # COD sampling
+      log_every=10,
+      checkpoint_every=500,
+      max_checkpoints=3,
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="",  # host:port of process 0; set with num_processes > 1
+      num_processes=1,
+      process_id=0,
+  ))
+  return c

@@ -1,0 +1,291 @@
+"""The training request: a config read once into a typed, frozen `TrainSpec`, every check here.
+
+`TrainSpec.from_config` checks each value that needs nothing loaded, in seconds, and names its
+field (`config.drafter.r: must be in (0, 1], got 1.5`). Three checks need more and are methods
+of the spec, run as soon as what they need is known: `check_mesh` (the devices), `check_model`
+(the model's config.json, read before any weight) and `num_steps` (the data's row count). The
+run (`train.loop`) reads the spec, never the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any
+
+from absl import logging
+from jax.sharding import Mesh
+
+from pard_jax import drafter_kinds as kinds
+from pard_jax import layout as layout_lib
+from pard_jax.checkpoints import assets
+from pard_jax.config import DTYPES, ModelConfig
+from pard_jax.errors import ConfigError, require
+from pard_jax.train import defaults
+from pard_jax.train import step as step_lib
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  init: pathlib.Path | None  # None: a from-scratch model of `arch`
+  arch: ModelConfig | None
+  keep_layers: tuple[int, ...]
+  draft_vocab_size: int
+  dtype: str
+  param_dtype: str
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  source: str
+  split: str
+  assistant_only_loss: bool
+  length: int
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DrafterSpec:
+  method: str  # one of kinds.TRAINED_KINDS
+  num_draft_tokens: int  # K
+  mask_token_ids: tuple[int, ...]
+  r: float
+  r_min: float
+
+  def kind(self, vocab_size: int) -> kinds.PardDrafter | kinds.ParallelSpecDrafter:
+    """What the run trains, as decoding reads it back from the exported config.json. A
+    ParallelSpec drafter without given ids gets new rows V .. V+K-2."""
+    if self.method == kinds.PardDrafter.method:
+      return kinds.PardDrafter(self.mask_token_ids[0])
+    return kinds.ParallelSpecDrafter(self.mask_token_ids or tuple(
+        range(vocab_size, vocab_size + self.num_draft_tokens - 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  ce_weight: float
+  kl_weight: float
+  teacher: pathlib.Path | None  # with kl_weight > 0: model.init unless given
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """The `train` section: batches, steps, optimizer and what is logged and kept."""
+  batch_size: int
+  grad_accum_steps: int
+  num_epochs: float
+  num_steps: int
+  optimizer: step_lib.OptimizerConfig  # total_steps is set by `TrainSpec.optimizer`
+  trainable: str
+  seed: int
+  log_every: int
+  checkpoint_every: int
+  max_checkpoints: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSpec:
+  coordinator_address: str
+  num_processes: int
+  process_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  model: ModelSpec
+  tokenizer: pathlib.Path
+  data: DataSpec
+  drafter: DrafterSpec
+  loss: LossSpec
+  train: RunSpec
+  mesh_shape: tuple[int, int, int]
+  distributed: DistributedSpec
+
+  @property
+  def cod_counts(self) -> tuple[int, ...]:
+    d = self.drafter
+    return layout_lib.cod_counts(self.data.length, d.num_draft_tokens, d.r, d.r_min)
+
+  def num_steps(self, num_rows: int) -> int:
+    if self.train.num_steps > 0:
+      return self.train.num_steps
+    return max(1, math.ceil(self.train.num_epochs * num_rows / self.train.batch_size))
+
+  def optimizer(self, total_steps: int) -> step_lib.OptimizerConfig:
+    return dataclasses.replace(self.train.optimizer, total_steps=total_steps)
+
+  def check_mesh(self, mesh: Mesh) -> None:
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro_batch = self.train.batch_size // self.train.grad_accum_steps
+    require(micro_batch % data_parallel == 0, "train.batch_size",
+            f"{self.train.batch_size} / train.grad_accum_steps ({self.train.grad_accum_steps}) "
+            f"= {micro_batch} rows per micro-batch is not divisible by the data-parallel mesh "
+            f"size {data_parallel} (data x fsdp of mesh {dict(mesh.shape)})")
+
+  def check_model(self, model_config: ModelConfig) -> None:
+    """Checks against the model's config, before its weights are read."""
+    if self.model.keep_layers:
+      total = model_config.num_layers
+      require(all(0 <= i < total for i in self.model.keep_layers), "model.keep_layers",
+              f"{self.model.keep_layers} must be layer indices in [0, {total}) of "
+              f"{self.model.init}")
+    if self.drafter.method == kinds.PardDrafter.method:
+      require(self.drafter.mask_token_ids[0] < model_config.vocab_size,
+              "drafter.mask_token_ids", f"{self.drafter.mask_token_ids[0]} is outside the model "
+              f"vocabulary [0, {model_config.vocab_size})")
+    require(self.model.draft_vocab_size <= model_config.vocab_size, "model.draft_vocab_size",
+            f"{self.model.draft_vocab_size} exceeds the model vocabulary "
+            f"({model_config.vocab_size})")
+    require(self.data.length <= model_config.max_position_embeddings, "data.length",
+            f"{self.data.length} exceeds the model's max_position_embeddings "
+            f"({model_config.max_position_embeddings})")
+
+  @classmethod
+  def from_config(cls, config) -> TrainSpec:
+    """Checks and types every value that needs nothing loaded."""
+    c = _renamed_keys_read(config)
+    return cls(model=_model(c.model), tokenizer=_tokenizer(c), data=_data(c.data),
+               drafter=_drafter(c.drafter, c.data.length), loss=_loss(c.loss, c.model.init),
+               train=_run(c.train), mesh_shape=_mesh_shape(c.mesh.shape),
+               distributed=DistributedSpec(**c.distributed.to_dict()))
+
+
+def _renamed_keys_read(config):
+  """The config with renamed keys (`defaults.RENAMED`) moved to their new fields."""
+  c = config.copy_and_resolve_references()
+  old = c.get("pard")
+  for key, new_key in defaults.RENAMED.items():
+    value = old.get(key.split(".")[1]) if old is not None else None
+    if value is None:
+      continue
+    logging.warning("config.%s was renamed config.%s; the old name goes in the next release",
+                    key, new_key)
+    section, name = new_key.split(".")
+    with c.unlocked():
+      c[section][name] = (value,) if key == "pard.mask_token" else value
+  return c
+
+
+def _model(m) -> ModelSpec:
+  for field in ("dtype", "param_dtype"):
+    require(m[field] in DTYPES, f"model.{field}", f"must be one of {DTYPES}, got {m[field]!r}")
+  require(_is_int(m.draft_vocab_size) and m.draft_vocab_size >= 0, "model.draft_vocab_size",
+          f"must be an integer >= 0, got {m.draft_vocab_size!r}")
+  init = assets.resolve_setting(m.init, "model.init")
+  keep_layers = tuple(m.keep_layers)
+  require(not keep_layers or init is not None, "model.keep_layers",
+          "cuts the layers of model.init, which is empty")
+  require(all(_is_int(i) for i in keep_layers), "model.keep_layers",
+          f"must be layer indices, got {keep_layers}")
+  arch = None
+  if init is not None:
+    require(init.exists(), "model.init",
+            f"{m.init!r} does not exist (a HF model directory or .gguf file)")
+  else:
+    require(bool(m.arch), "model.init", "is required (a HF model directory or .gguf file) "
+            "unless model.arch describes a from-scratch model")
+    try:
+      arch = ModelConfig(**m.arch.to_dict(), dtype=m.dtype, param_dtype=m.param_dtype)
+    except (TypeError, ConfigError) as e:
+      raise ConfigError(f"config.model.arch: {e}") from e
+  return ModelSpec(init=init, arch=arch, keep_layers=keep_layers,
+                   draft_vocab_size=m.draft_vocab_size, dtype=m.dtype, param_dtype=m.param_dtype,
+                   seed=m.seed)
+
+
+def _tokenizer(c) -> pathlib.Path:
+  tokenizer = c.tokenizer or c.model.init
+  require(bool(tokenizer), "tokenizer", "is required when model.init is empty")
+  path = assets.resolve_setting(tokenizer, "tokenizer")
+  require(path.exists(), "tokenizer", f"{tokenizer!r} does not exist")
+  return path
+
+
+def _data(d) -> DataSpec:
+  require(bool(d.source), "data.source", "is required (jsonl/json/parquet path, hub dataset "
+          "name or tfds:NAME)")
+  require(_is_int(d.length) and d.length >= 1, "data.length",
+          f"must be an integer >= 1, got {d.length!r}")
+  return DataSpec(source=d.source, split=d.split, assistant_only_loss=bool(d.assistant_only_loss),
+                  length=d.length, seed=d.seed)
+
+
+def _drafter(d, length: int) -> DrafterSpec:
+  k = d.num_draft_tokens
+  require(_is_int(k) and 1 <= k <= kinds.MAX_DRAFT_TOKENS, "drafter.num_draft_tokens",
+          f"must be an integer in [1, {kinds.MAX_DRAFT_TOKENS}], got {k!r}")
+  require(0.0 < d.r <= 1.0, "drafter.r", f"must be in (0, 1], got {d.r}")
+  require(0.0 <= d.r_min <= 1.0, "drafter.r_min", f"must be in [0, 1], got {d.r_min}")
+  require(d.method in kinds.TRAINED_KINDS, "drafter.method",
+          f"unknown method {d.method!r}; choose from {', '.join(kinds.TRAINED_KINDS)}")
+  ids = tuple(d.mask_token_ids)
+  valid_ids = all(_is_int(i) and i >= 0 for i in ids)
+  if d.method == kinds.PardDrafter.method:
+    require(len(ids) == 1 and valid_ids, "drafter.mask_token_ids",
+            f"pard needs one vocabulary id >= 0, e.g. (4,), got {ids!r}")
+  else:
+    require(not ids or (len(ids) == k - 1 and len(set(ids)) == len(ids) and valid_ids),
+            "drafter.mask_token_ids", f"must be {k - 1} distinct ids >= 0 (one per depth "
+            f"1..K-1), or empty to append new rows; got {ids}")
+  require(length >= k, "data.length", f"({length}) must be >= drafter.num_draft_tokens ({k})")
+  counts = layout_lib.cod_counts(length, k, d.r, d.r_min)
+  require(min(counts) >= 1, "data.length", f"{length} is too short for drafter.r={d.r}, "
+          f"drafter.r_min={d.r_min}: COD keeps {counts} slots per depth")
+  return DrafterSpec(method=d.method, num_draft_tokens=k, mask_token_ids=ids, r=d.r,
+                     r_min=d.r_min)
+
+
+def _loss(loss, init: str) -> LossSpec:
+  require(loss.ce_weight >= 0 and loss.kl_weight >= 0 and loss.ce_weight + loss.kl_weight > 0,
+          "loss", f"ce_weight and kl_weight must be >= 0 and not both 0, got "
+          f"{loss.ce_weight}, {loss.kl_weight}")
+  teacher = None
+  if loss.kl_weight > 0:
+    require(bool(loss.teacher or init), "loss.teacher", "is required for kl_weight > 0 when "
+            "model.init is empty (a HF directory or .gguf of the target)")
+    teacher = assets.resolve_setting(loss.teacher or init, "loss.teacher")
+    require(teacher.exists(), "loss.teacher", f"{loss.teacher or init!r} does not exist")
+  return LossSpec(ce_weight=loss.ce_weight, kl_weight=loss.kl_weight, teacher=teacher)
+
+
+def _run(t) -> RunSpec:
+  require(_is_int(t.batch_size) and t.batch_size >= 1, "train.batch_size",
+          f"must be an integer >= 1, got {t.batch_size}")
+  require(_is_int(t.grad_accum_steps) and t.grad_accum_steps >= 1
+          and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
+          f"({t.grad_accum_steps}) must be >= 1 and divide train.batch_size ({t.batch_size})")
+  require(t.trainable in step_lib.TRAINABLE, "train.trainable",
+          f"unknown value {t.trainable!r}; known: {step_lib.TRAINABLE}")
+  require(t.schedule in step_lib.SCHEDULES, "train.schedule",
+          f"unknown schedule {t.schedule!r}; known: {step_lib.SCHEDULES}")
+  require(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
+  require(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+  for field in ("b1", "b2"):
+    require(0 <= t[field] < 1, f"train.{field}", f"must be in [0, 1), got {t[field]}")
+  require(t.eps > 0, "train.eps", f"must be > 0, got {t.eps}")
+  require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+  require(t.max_grad_norm >= 0, "train.max_grad_norm",
+          f"must be >= 0 (0 = no clipping), got {t.max_grad_norm}")
+  require(t.num_steps > 0 or t.num_epochs > 0, "train.num_epochs",
+          "must be > 0 unless train.num_steps > 0")
+  for field in ("log_every", "checkpoint_every", "max_checkpoints"):
+    require(t[field] >= 1, f"train.{field}", f"must be >= 1, got {t[field]}")
+  optimizer = step_lib.OptimizerConfig(
+      learning_rate=t.learning_rate, schedule=t.schedule, warmup_steps=t.warmup_steps,
+      weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, eps=t.eps, max_grad_norm=t.max_grad_norm)
+  return RunSpec(batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps,
+                 num_epochs=t.num_epochs, num_steps=t.num_steps, optimizer=optimizer,
+                 trainable=t.trainable, seed=t.seed, log_every=t.log_every,
+                 checkpoint_every=t.checkpoint_every, max_checkpoints=t.max_checkpoints)
+
+
+def _mesh_shape(shape: Any) -> tuple[int, int, int]:
+  require(len(shape) == 3 and all(_is_int(s) for s in shape), "mesh.shape",
+          f"must be (data, fsdp, tensor), got {shape}")
+  return tuple(shape)
