@@ -6,7 +6,12 @@ Measures, in one run on the machine at hand:
   3. our `ar` and `sd` tokens/s against transformers' `generate` and assisted generation
      (`assistant_model`, drafter == target) on the same weights, as ratios;
   4. with `--drafter`: that drafter's step times (1 token, the 2-token `sd` catch-up and the
-     2K-token PARD draft forward), with its restricted head (`draft_vocab`) and the full one.
+     2K-token PARD draft forward), with its restricted head (`draft_vocab`) and the full one;
+  5. with `--drafter`, the anatomy of an iteration for `ar`, `sd` (that drafter, one token per
+     forward) and `pard` at each K of `--anatomy_ks`: the iteration's wall time, the forwards
+     it runs (target over 1..K+1 tokens, drafter at its input width), the loop's own cost (the
+     rest), and the break-even τ (iteration time over `ar`'s time per token): the τ a drafter
+     must reach for the method to match `ar`.
 
   python benchmarks/decode_bench.py [--dtype=bfloat16] [--max_new_tokens=64] [--drafter=DIR]
 
@@ -43,6 +48,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "timed repeats of each step")
 _K = flags.DEFINE_integer("num_draft_tokens", 4, "K for the sd runs")
 _HF = flags.DEFINE_bool("transformers", True, "also time transformers (CPU torch)")
 _DRAFTER = flags.DEFINE_string("drafter", "", "a drafter to time as well (HF or delta dir)")
+_ANATOMY_KS = flags.DEFINE_list("anatomy_ks", ["4", "8"], "K values of the iteration anatomy")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,6 +95,45 @@ def run_ours(target, drafter, cfg, prompts) -> dict:
     iterations += sum(result.num_iterations)
   return dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds,
               tau=tokens / iterations, iterations=iterations, prompts=len(prompts))
+
+
+def iteration_anatomy(target, drafter, prompts, ks, max_new_tokens, repeats) -> list[dict]:
+  """Per (method, K): iteration ms, the forwards it runs, the loop's own ms and break-even τ.
+
+  Forward times are timed alone at the runs' cache length and mid-generation position; the
+  iteration time is a decoding run's wall time over its iterations (batch 1, best of 3 per
+  prompt, compilation excluded).
+  """
+  prompt_len = max(map(len, prompts))
+  cache_len, middle = prompt_len + max_new_tokens, prompt_len + max_new_tokens // 2
+  target_ms = {w: 1000 * t for w, t in time_steps(
+      target, [(w, middle) for w in range(1, max(ks) + 2)] + [(prompt_len, 0)], cache_len,
+      repeats).items()}
+  drafter_ms = {w: 1000 * t for w, t in time_steps(
+      drafter, [(w, middle) for w in sorted({1, 2, *(2 * k for k in ks)})] + [(prompt_len, 0)],
+      cache_len, repeats).items()}
+  pard_kind = checkpoints.read_config(_DRAFTER.value).drafter
+  common = dict(max_new_tokens=max_new_tokens, stop_token_ids=())
+  ar = run_ours(target, None, DecodeConfig(**common), prompts)
+  ar_ms_per_token = (1000 * ar["seconds"] - ar["prompts"] * target_ms["prefill"]) / ar["tokens"]
+  rows = [dict(method="ar", k=0, **ar)]
+  for k in ks:
+    for kind in (kinds.AutoregressiveDrafter(), pard_kind):
+      run = run_ours(target, drafter, DecodeConfig(drafter=kind, num_draft_tokens=k, **common),
+                     prompts)
+      rows.append(dict(method=kind.method, k=k, **run))
+  for row in rows:
+    k = row["k"]
+    # Each prompt's prefills (the target's, and the drafter's when there is one) are not
+    # iterations.
+    prefill_ms = target_ms["prefill"] + (drafter_ms["prefill"] if k else 0.0)
+    row["iteration_ms"] = (1000 * row["seconds"] - row["prompts"] * prefill_ms) / row["iterations"]
+    row["target_forward_ms"] = target_ms[k + 1]
+    row["drafter_forward_ms"] = {"ar": 0.0, "sd": drafter_ms[2] + (k - 1) * drafter_ms[1],
+                                 "pard": drafter_ms.get(2 * k, 0.0)}[row["method"]]
+    row["loop_ms"] = row["iteration_ms"] - row["target_forward_ms"] - row["drafter_forward_ms"]
+    row["break_even_tau"] = row["iteration_ms"] / ar_ms_per_token
+  return dict(target_forward_ms=target_ms, drafter_forward_ms=drafter_ms, rows=rows)
 
 
 def run_transformers(prompts, max_new_tokens, dtype, assisted_k=0) -> dict:
@@ -151,6 +196,10 @@ def main(argv):
                          repeats=_REPEATS.value)
       results["drafter_step_ms"][head] = {f"{w}_tokens": 1000 * t for w, t in times.items()}
 
+    results["anatomy"] = iteration_anatomy(target, drafter, prompts,
+                                           [int(k) for k in _ANATOMY_KS.value], _NEW.value,
+                                           _REPEATS.value)
+
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
   ar = run_ours(target, None, DecodeConfig(**common), prompts)
   sd_config = DecodeConfig(drafter=kinds.AutoregressiveDrafter(), num_draft_tokens=k, **common)
@@ -199,6 +248,27 @@ def to_markdown(r: dict) -> str:
     lines += ["", f"### Drafter `{r['drafter']}`, {head} (ms)", "",
               "| tokens per step | ms |", "|---|---|"]
     lines += [f"| {w.replace('_tokens', '')} | {ms:.2f} |" for w, ms in times.items()]
+  if "anatomy" in r:
+    a = r["anatomy"]
+    lines += ["", "## Anatomy of an iteration (ms)", "",
+              "Forwards timed alone; the loop is the iteration's time less its forwards; "
+              "break-even τ is the iteration's time over `ar`'s time per token. `sd` runs the "
+              "drafter one token per forward.", "",
+              "| target forward over n tokens | " + " | ".join(map(str, a["target_forward_ms"]))
+              + " |", "|---|" + "---|" * len(a["target_forward_ms"]),
+              "| ms | " + " | ".join(f"{ms:.1f}" for ms in a["target_forward_ms"].values())
+              + " |", "",
+              "| drafter forward over n tokens | " + " | ".join(map(str, a["drafter_forward_ms"]))
+              + " |", "|---|" + "---|" * len(a["drafter_forward_ms"]),
+              "| ms | " + " | ".join(f"{ms:.1f}" for ms in a["drafter_forward_ms"].values())
+              + " |", "",
+              "| method | K | iteration | target forward | drafter forwards | loop (share) | "
+              "break-even τ | measured τ | tok/s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['method']} | {row['k']} | {row['iteration_ms']:.1f} | "
+              f"{row['target_forward_ms']:.1f} | {row['drafter_forward_ms']:.1f} | "
+              f"{row['loop_ms']:.1f} ({100 * row['loop_ms'] / row['iteration_ms']:.0f}%) | "
+              f"{row['break_even_tau']:.2f} | {row['tau']:.2f} | "
+              f"{row['tokens_per_second']:.1f} |" for row in a["rows"]]
   eff = r["loop_efficiency"]
   lines += ["", "## Loop efficiency", "",
             "| method | measured tok/s | allowed by step times | overhead |", "|---|---|---|---|",

@@ -255,7 +255,7 @@ def jit_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
   if teacher_graphdef is not None:
     in_shardings += (teacher_sharding,)
   return jax.jit(step, in_shardings=in_shardings,
-                 out_shardings=(state_sharding, replicated), donate_argnums=0)
+                 out_shardings=(state_sharding, replicated), donate_argnames="state")
 
 
 def create_sharded_state(params, optimizer: optax.GradientTransformation, mesh: Mesh):
