@@ -2,7 +2,8 @@
 
   python distill.py --config=configs/distill.py [--config.max_prompts=2000]
 
-Writes ShareGPT-style .jsonl for train.py; rerunning completes an interrupted run.
+Writes ShareGPT-style .jsonl for train.py; rerunning completes an interrupted run (with the
+same settings, recorded in <output>.settings.json).
 """
 
 import pathlib

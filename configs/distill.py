@@ -3,7 +3,9 @@ the target answers 1200 ShareGPT prompts.
 
   python distill.py --config=configs/distill.py
 
-Rerunning the same command completes an interrupted run.
+Rerunning the same command completes an interrupted run; `<output>.settings.json` records the
+settings the answers depend on, and a rerun with other ones is refused (`max_prompts` and
+`batch_size` may change).
 """
 
 import ml_collections
@@ -24,5 +26,6 @@ def get_config():
   c.seed = 0
   c.batch_size = 16
   c.dtype = "float32"
-  c.output = str(DATA / "distill/smollm2_sharegpt.jsonl")  # the .jsonl written (appended on rerun)
+  # The .jsonl written (appended on rerun), beside it <output>.settings.json.
+  c.output = str(DATA / "distill/smollm2_sharegpt.jsonl")
   return c

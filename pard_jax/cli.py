@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import pathlib
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
 from pard_jax.errors import PardJaxError
 
 
-def run(main: Callable[[], None]) -> None:
-  """`app.run` for an entry point whose `main()` takes no arguments."""
+def run(main: Callable[[], None], argv: Sequence[str] | None = None) -> None:
+  """`app.run` for an entry point whose `main()` takes no arguments; `argv` (program name
+  first) defaults to `sys.argv`."""
 
   def absl_main(argv):
     if len(argv) > 1:
@@ -28,7 +29,7 @@ def run(main: Callable[[], None]) -> None:
     try:
       main()
     except PardJaxError as e:
-      print(f"{pathlib.Path(sys.argv[0]).name}: {e}", file=sys.stderr)
+      print(f"{pathlib.Path(argv[0]).name}: {e}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(absl_main)
+  app.run(absl_main, argv=None if argv is None else list(argv))

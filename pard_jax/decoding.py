@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.struct
 import jax
@@ -50,6 +52,13 @@ class DecodeConfig:
     if not isinstance(self.drafter, kinds.DrafterKind):
       raise DecodeError(f"drafter must be a drafter_kinds.DrafterKind (drafter_kinds.for_method"
                         f"(name) for one of {', '.join(kinds.METHODS)}), got {self.drafter!r}")
+    # Normalized to plain Python values: the config is a jit static argument, so it must hash,
+    # and a float or NaN here would silently become a shape or all-zero probabilities.
+    for field in ("num_draft_tokens", "max_new_tokens", "top_k", "shared_vocab_size"):
+      object.__setattr__(self, field, _integer(field, getattr(self, field)))
+    for field in ("temperature", "top_p"):
+      object.__setattr__(self, field, _finite(field, getattr(self, field)))
+    object.__setattr__(self, "stop_token_ids", _stop_ids(self.stop_token_ids))
     if self.drafter.uses_drafter and not 1 <= self.num_draft_tokens <= kinds.MAX_DRAFT_TOKENS:
       raise DecodeError(f"num_draft_tokens must be in [1, {kinds.MAX_DRAFT_TOKENS}], got "
                         f"{self.num_draft_tokens}")
@@ -76,6 +85,65 @@ class DecodeConfig:
   @property
   def greedy(self) -> bool:
     return self.temperature == 0
+
+
+def _integer(field: str, value: Any) -> int:
+  # bool is an Integral, and 2.0 would pass every range check.
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise DecodeError(f"{field} must be an integer, got {value!r}")
+  return int(value)
+
+
+def _finite(field: str, value: Any) -> float:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not math.isfinite(value)):
+    raise DecodeError(f"{field} must be a finite number, got {value!r}")
+  return float(value)
+
+
+def _stop_ids(value: Any) -> tuple[int, ...]:
+  """Any sequence of ids (a list, a numpy array) as the hashable tuple jit needs."""
+  try:
+    ids = tuple(value)
+  except TypeError:
+    raise DecodeError(f"stop_token_ids must be a sequence of token ids, got {value!r}") from None
+  return tuple(_integer(f"stop_token_ids[{i}]", t) for i, t in enumerate(ids))
+
+
+def _prompt_ids(prompts: Any, vocab_size: int) -> list[np.ndarray]:
+  """Each prompt as int32 ids; refuses what a cast would silently change (1.9 -> 1,
+  2**32 + 10 -> 10) and names the prompt."""
+  try:
+    rows = list(prompts)  # a list of sequences or a 2-D array alike
+  except TypeError:
+    raise DecodeError(f"prompts must be a sequence of prompts, each a sequence of token ids, "
+                      f"got {prompts!r:.60}") from None
+  if not rows:
+    raise DecodeError("prompts is empty: give at least one prompt")
+  checked = []
+  for index, prompt in enumerate(rows):
+    try:
+      ids_P = np.asarray(prompt)
+    except ValueError:  # ragged nesting
+      ids_P = np.asarray(prompt, dtype=object)
+    if ids_P.ndim != 1:
+      raise DecodeError(f"prompt {index} must be a 1-D sequence of token ids, got shape "
+                        f"{ids_P.shape}: {prompt!r:.60}")
+    if not ids_P.size:
+      raise DecodeError(f"prompt {index} is empty: every prompt needs at least one token")
+    if ids_P.dtype.kind not in "iu":
+      bad = next((t for t in prompt
+                  if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+      if bad is not None:
+        bad = bad.item() if isinstance(bad, np.generic) else bad
+        raise DecodeError(f"prompt {index}: token ids must be integers, got {bad!r}")
+    outside = np.flatnonzero((ids_P < 0) | (ids_P >= vocab_size))
+    if outside.size:
+      position = int(outside[0])
+      raise DecodeError(f"prompt {index}: token id {ids_P[position]} at position {position} is "
+                        f"outside the vocabulary; ids must lie in [0, {vocab_size})")
+    checked.append(ids_P.astype(np.int32))
+  return checked
 
 
 @flax.struct.dataclass
@@ -297,8 +365,7 @@ class SpeculativeDecoder:
 
     `prompt_len` pads prompts to a fixed width so that many batches share one compilation.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-      raise DecodeError("every prompt needs at least one token")
+    prompts = _prompt_ids(prompts, self.vocab_size)
     longest = max(len(p) for p in prompts)
     prompt_len = prompt_len or longest
     if longest > prompt_len:
@@ -308,8 +375,6 @@ class SpeculativeDecoder:
     tokens = np.zeros((batch, prompt_len + self.cfg.max_new_tokens), np.int32)
     for row, prompt in enumerate(prompts):
       tokens[row, :len(prompt)] = prompt
-    if tokens.min() < 0 or tokens.max() >= self.vocab_size:
-      raise DecodeError(f"prompt token ids must lie in [0, {self.vocab_size})")
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     run = self._executable(batch, prompt_len)
     start = time.perf_counter()

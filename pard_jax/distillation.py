@@ -6,7 +6,9 @@ The output is ShareGPT-style `.jsonl` that train.py reads as is: one line per pr
 `{"id", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}], "finished"}` where
 `finished` says the answer ended at a stop token rather than at `max_new_tokens`. Lines are
 appended batch by batch; a rerun skips the ids already written (a torn last line from a kill is
-dropped first), so an interrupted run loses at most one batch.
+dropped first), so an interrupted run loses at most one batch. `<output>.settings.json` records
+what the answers depend on (target, source, prompt and generation settings); a rerun with other
+values is refused rather than mixed in, while `max_prompts` and `batch_size` may change.
 
 Train and evaluation prompts stay apart: sources come from `TRAINING_PROMPT_SETS` or a local
 file, never the evaluation registry, and any prompt whose text equals an MT-Bench, HumanEval or
@@ -16,8 +18,10 @@ GSM8K prompt is dropped.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
+from typing import Any
 
 from absl import logging
 from tqdm import tqdm
@@ -25,7 +29,7 @@ from tqdm import tqdm
 from pard_jax import checkpoints, prompting
 from pard_jax.checkpoints import assets
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
-from pard_jax.errors import DataError, require, require_writable
+from pard_jax.errors import ConfigError, DataError, require, require_writable
 from pard_jax.eval import prompts as prompts_lib
 
 
@@ -33,8 +37,10 @@ def _validate(c) -> pathlib.Path:
   for field in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
     require(c[field] >= 1, field, f"must be >= 1, got {c[field]}")
   require(c.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {c.max_prompts}")
-  require(c.temperature >= 0, "temperature", f"must be >= 0, got {c.temperature}")
+  require(math.isfinite(c.temperature) and c.temperature >= 0, "temperature",
+          f"must be a finite number >= 0, got {c.temperature}")
   require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
+  require(c.top_k >= 0, "top_k", f"must be >= 0 (0 disables it), got {c.top_k}")
   require(c.source in prompts_lib.TRAINING_PROMPT_SETS or c.source.endswith(".jsonl"),
            "source", f"unknown source {c.source!r}; known: "
            f"{', '.join(prompts_lib.TRAINING_PROMPT_SETS)}, or a .jsonl file of prompts")
@@ -54,14 +60,71 @@ def _evaluation_texts() -> set[str]:
   return texts
 
 
+def settings(c, target_path: pathlib.Path) -> dict[str, Any]:
+  """What the answers depend on, portably: a rerun must match it to append."""
+  source = (c.source if c.source in prompts_lib.TRAINING_PROMPT_SETS
+            else str(pathlib.Path(c.source).expanduser().resolve()))
+  return dict(target=assets.reference(target_path), source=source,
+              max_prompt_tokens=c.max_prompt_tokens, max_new_tokens=c.max_new_tokens,
+              temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed,
+              dtype=c.dtype)
+
+
+def _settings_record(output: pathlib.Path) -> pathlib.Path:
+  return output.with_name(output.name + ".settings.json")
+
+
+def check_settings(output: pathlib.Path, current: dict[str, Any]) -> None:
+  """Refuses to append to answers made with other settings (or with unrecorded ones)."""
+  record = _settings_record(output)
+  if not output.exists() or not output.stat().st_size:
+    return
+  if not record.exists():
+    raise ConfigError(
+        f"config.output: {output} holds answers but no {record.name} saying which settings "
+        "made them; use a new output, or write the settings it was made with there")
+  try:
+    stored = json.loads(record.read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(f"{record}:{e.lineno}: not valid JSON ({e.msg})") from e
+  changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in current.items()
+             if stored.get(k) != v]
+  if changed:
+    raise ConfigError(
+        f"config.output: {output} holds answers made with other settings "
+        f"({'; '.join(changed)}); use a new output or the same settings")
+
+
+def _record_settings(output: pathlib.Path, current: dict[str, Any]) -> None:
+  # Written aside and renamed: a kill mid-write never leaves a half record.
+  record = _settings_record(output)
+  tmp = record.with_name(f".{record.name}.tmp")
+  tmp.write_text(json.dumps(current, indent=2) + "\n")
+  tmp.replace(record)
+
+
 def finished_ids(output: pathlib.Path) -> set[str]:
-  """Ids already written; a torn last line (a kill mid-write) is cut off first."""
+  """Ids already written; a torn last line (a kill mid-write) is cut off first, any other bad
+  line is a `DataError` naming it."""
   if not output.exists():
     return set()
   data = output.read_bytes()
   if data and not data.endswith(b"\n"):
     output.write_bytes(data[:data.rfind(b"\n") + 1])
-  return {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
+  ids = set()
+  for number, line in enumerate(output.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{output}:{number}: not valid JSON ({e.msg} at column {e.colno}); "
+                      "fix or delete the line") from e
+    if not isinstance(record, dict) or "id" not in record:
+      raise DataError(f"{output}:{number}: no \"id\" (a line is {{\"id\", \"conversations\", "
+                      f"\"finished\"}}); fix or delete the line")
+    ids.add(record["id"])
+  return ids
 
 
 def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
@@ -70,7 +133,7 @@ def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
   source = (prompts_lib.TRAINING_PROMPT_SETS.get(c.source)
             or prompts_lib.JsonlFile(pathlib.Path(c.source).expanduser()))
   held_out, seen = _evaluation_texts(), set()
-  chosen, overlap = [], 0
+  chosen, overlap, shortest_skipped = [], 0, None
   for prompt in source.load():
     if prompt.text is None:
       raise DataError(f"{prompt.origin}: distillation needs \"prompt\" text")
@@ -84,8 +147,16 @@ def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
     ids = prompt.token_ids(tokenizer, chat_template=True)
     if len(ids) <= c.max_prompt_tokens:
       chosen.append((prompt, ids))
+    else:
+      shortest_skipped = min(len(ids), shortest_skipped or len(ids))
     if c.max_prompts and len(chosen) == c.max_prompts:
       break
+  require(bool(chosen) or shortest_skipped is None, "max_prompt_tokens",
+          f"no prompt of {c.source} fits in {c.max_prompt_tokens} tokens; the shortest has "
+          f"{shortest_skipped} (chat template included)")
+  if not chosen:
+    raise DataError(f"{c.source}: no prompt left once the {overlap} evaluation prompts and the "
+                    "repeats are dropped")
   logging.info("%d prompts chosen; %d dropped as evaluation prompts", len(chosen), overlap)
   return sorted(chosen, key=lambda pair: len(pair[1]))
 
@@ -94,9 +165,11 @@ def run(c) -> pathlib.Path:
   """Writes (or completes) the distilled `.jsonl`; returns its path."""
   output = _validate(c)
   target_path = assets.resolve_setting(c.target or assets.SMOLLM2_GGUF, "target")
+  done = finished_ids(output)
+  current = settings(c, target_path)
+  check_settings(output, current)
   tokenizer = checkpoints.load_tokenizer(target_path)
   chosen = select_prompts(c, tokenizer)
-  done = finished_ids(output)
   todo = [(p, ids) for p, ids in chosen if p.origin not in done]
   logging.info("%d of %d prompts already in %s", len(chosen) - len(todo), len(chosen), output)
   if not todo:
@@ -109,6 +182,7 @@ def run(c) -> pathlib.Path:
                    top_k=c.top_k, top_p=c.top_p, stop_token_ids=stops))
   # One prompt width for the whole run: one compilation.
   width = prompting.prompt_width(decoder, max(len(ids) for _, ids in chosen))
+  _record_settings(output, current)
   tokens, seconds = 0, 0.0
   with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="distill",
             unit="prompt") as bar, open(output, "a") as f:
