@@ -3,8 +3,9 @@ r"""Trains a PARD or ParallelSpec parallel drafter from an ordinary AR model.
   python train.py --config=configs/llama3_8b.py:/models/Llama-3.2-1B-Instruct \
       --config.data.source=/data/chat.jsonl --workdir=/tmp/pard_llama
 
-`--workdir` receives checkpoints/, metrics.jsonl and the exported drafter hf/; rerunning the
-same command resumes from the latest checkpoint.
+`--workdir` receives checkpoints/, run_spec.json, metrics.jsonl and the exported drafter hf/;
+rerunning the same command resumes from the latest checkpoint (other settings than the run's
+are refused, but for its length, logging, checkpointing and step size).
 """
 
 from absl import flags

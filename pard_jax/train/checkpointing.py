@@ -1,13 +1,22 @@
-"""Orbax checkpoints of a run: the train state and the data position, and quieter orbax logs."""
+"""A run's workdir: orbax checkpoints (the train state and the data position), only of finite
+states, the settings they depend on (`run_spec.json`), and quieter orbax logs."""
 
 from __future__ import annotations
 
+import json
 import logging as std_logging
 import pathlib
+import shutil
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+
+from pard_jax.errors import CheckpointError, ConfigError
+
+RUN_SPEC = "run_spec.json"
 
 
 class _WarningsOnlyFromOrbax(std_logging.Filter):
@@ -38,3 +47,60 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state_sharding
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
   return restored["state"], int(restored["data"]["position"])
+
+
+def claim_workdir(workdir: pathlib.Path, settings: dict[str, Any], resume_step: int | None
+                  ) -> None:
+  """Starting afresh, records the run's settings (`TrainSpec.run_defining`) as
+  `workdir/run_spec.json`; resuming from checkpoint `resume_step`, refuses settings that differ
+  from those recorded, listing each."""
+  path = workdir / RUN_SPEC
+  if resume_step is None:
+    if jax.process_index() == 0:
+      partial = path.with_suffix(".json.partial")
+      partial.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+      partial.replace(path)
+    return
+  if not path.exists():
+    logging.warning("%s has no %s (an older pard_jax wrote it): resuming without comparing the "
+                    "settings", workdir, RUN_SPEC)
+    return
+  try:
+    stored = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e}); restore it or use a fresh workdir") \
+        from e
+  # Settings added or dropped since the workdir was written cannot be compared.
+  differing = sorted(k for k in stored.keys() & settings.keys() if stored[k] != settings[k])
+  if differing:
+    changes = "; ".join(f"{k}: {json.dumps(stored[k])} in the workdir, {json.dumps(settings[k])}"
+                        f" now" for k in differing)
+    raise ConfigError(f"config.{differing[0]}: {workdir} holds a run (checkpoint at step "
+                      f"{resume_step}) trained with other settings: {changes}. Resume with the "
+                      f"settings of {path}, or start a fresh workdir")
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(state) -> bool:
+  """Whether every floating-point value of `state` is finite."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(_all_finite(leaves))
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int, directory: pathlib.Path
+              ) -> pathlib.Path:
+  """Moves checkpoint `step` to `directory/<step>`, out of the manager's reach (a resume starts
+  from the one before), and returns that path. One set aside earlier at the same step, from
+  the same state, is replaced."""
+  manager.wait_until_finished()
+  target = directory / str(step)
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+      shutil.rmtree(target)
+    (pathlib.Path(manager.directory) / str(step)).rename(target)
+  return target

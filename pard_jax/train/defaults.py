@@ -41,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="",  # jsonl/json/parquet path, hub dataset name or tfds:NAME
       split="train",
+      tfds_data_dir="",  # where tfds:NAME is prepared; "" = TFDS's default (~/tensorflow_datasets)
       assistant_only_loss=True,
       length=512,  # packed row length L (real tokens per row)
       seed=0,  # packing order and per-epoch shuffles

@@ -1,11 +1,14 @@
 """The training run: spec -> data, model, sharded state -> steps, logs, checkpoints, export.
 
-`workdir` holds `checkpoints/` (orbax: train state + data position), `metrics.jsonl`,
-`tensorboard/` and, at the end, `hf/`: a Hugging Face directory whose `config.json` declares
+`workdir` holds `checkpoints/` (orbax: train state + data position, only of finite states),
+`run_spec.json` (the settings those depend on), `metrics.jsonl`, `tensorboard/` and, at the end,
+`hf/`: a Hugging Face directory whose `config.json` declares
 its drafter kind (`PardDrafter` or `ParallelSpecDrafter`), usable as a drafter with no other
 flag (and `delta/`, the same drafter stored as its difference from `model.init`, when only the
 layers trained). A run restarted on the same workdir resumes from the latest checkpoint and
-continues exactly as if it had not stopped.
+continues exactly as if it had not stopped; it refuses settings that differ from the run's
+(`TrainSpec.run_defining`). A run whose loss or gradient turns nan or inf stops, and sets aside
+(`workdir/diverged/`) the checkpoint that led there whatever the learning rate.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from jax.sharding import Mesh
 from pard_jax import checkpoints
 from pard_jax import data as data_lib
 from pard_jax import sharding as sharding_lib
+from pard_jax.errors import CheckpointError, ConfigError
 from pard_jax.model import Transformer, create_model, grow_vocab
 from pard_jax.train import checkpointing
 from pard_jax.train import step as step_lib
 from pard_jax.train.export import export
-from pard_jax.train.metrics import MetricsLog
+from pard_jax.train.metrics import MetricsLog, NonFinite
 from pard_jax.train.spec import TrainSpec
 
 
@@ -59,10 +63,42 @@ def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
 
 def load_rows(spec: TrainSpec, tokenizer) -> data_lib.PackedRows:
   d = spec.data
-  records = data_lib.load_records(d.source, d.split)
+  records = data_lib.load_records(d.source, d.split, d.tfds_data_dir)
   docs = data_lib.tokenize_records(records, tokenizer, d.assistant_only_loss)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   return data_lib.pack(docs, d.length, d.seed, pad_id)
+
+
+def make_workdir(workdir: str) -> pathlib.Path:
+  """The workdir, created if need be; a `ConfigError` naming it when it cannot be one."""
+  path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise ConfigError(f"workdir: {path} is a file; give a directory (it receives checkpoints/, "
+                      f"metrics.jsonl and hf/)")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"workdir: cannot create {path}: {e.strerror or e}") from e
+  return path
+
+
+def stopped(error: NonFinite, manager, workdir: pathlib.Path) -> str:
+  """Why the run stopped and how to go on, once the checkpoint that led there is set aside."""
+  manager.wait_until_finished()
+  note, bad = "", None
+  if error.from_previous_state and manager.latest_step() == error.step - 1:
+    bad = error.step - 1
+    moved = checkpointing.set_aside(manager, bad, workdir / "diverged")
+    note = (f" Checkpoint {bad}, which step {error.step} started from, leads there whatever the "
+            f"learning rate: moved to {moved}.")
+  last = max((s for s in manager.all_steps() if s != bad), default=None)
+  if last is None:
+    advice = ("No good checkpoint is left: rerun with a lower --config.train.learning_rate (or "
+              "check the data) to start again from step 0")
+  else:
+    advice = (f"The last good checkpoint is step {last} in {workdir / 'checkpoints'}: rerun with "
+              f"a lower --config.train.learning_rate (or check the data) to resume from it")
+  return f"{error}: stopping.{note} {advice}"
 
 
 def train(config, workdir: str) -> list[dict[str, Any]]:
@@ -71,9 +107,13 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   spec = config if isinstance(config, TrainSpec) else TrainSpec.from_config(config)
+  workdir = make_workdir(workdir)
   initialize_distributed(spec)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  run = spec.train
+  manager = checkpointing.checkpoint_manager(workdir, run.max_checkpoints)
+  start = manager.latest_step()
+  checkpointing.claim_workdir(workdir, spec.run_defining(), start)
+  start = start or 0
   mesh = sharding_lib.make_mesh(spec.mesh_shape)
   spec.check_mesh(mesh)
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)
@@ -89,7 +129,6 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
         rows, spec.model.draft_vocab_size, model.config.vocab_size))
   graphdef, params = nnx.split(model)
   del model
-  run = spec.train
   optimizer = step_lib.make_optimizer(spec.optimizer(steps), run.trainable, masks)
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
   step_cfg = step_lib.StepConfig(
@@ -106,11 +145,13 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   batches = data_lib.BatchIterator(rows, run.batch_size, spec.data.seed,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  manager = checkpointing.checkpoint_manager(workdir, run.max_checkpoints)
-  start = manager.latest_step() or 0
   if start:
     state, batches.position = checkpointing.restore_checkpoint(manager, start, state_sharding,
                                                                state)
+    if not checkpointing.all_finite(state):  # saved by an older pard_jax
+      raise CheckpointError(f"checkpoint {start} in {workdir / 'checkpoints'} holds nan or inf "
+                            f"values; move it to {workdir / 'diverged'} to resume from the one "
+                            f"before")
     # Every process says so: each restores its own share of the state.
     print(f"resumed from step {start} (data position {batches.position})", file=sys.stderr)
   logging.info("%d packed rows of %d tokens; %d steps; COD slots per depth %s (%.2f x L)",
@@ -132,12 +173,17 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
                  for k, v in next(batches).items()}
         state, metrics = step_fn(state, batch, rng, *teacher)
         if pending is not None:
-          log(*pending, manager.latest_step())
+          log(*pending)
         pending = (step, metrics)
         if step % run.checkpoint_every == 0 or step == steps:
-          log(*pending, manager.latest_step())  # never checkpoint a non-finite step
+          log(*pending)  # checkpoints only of finite steps and states
           pending = None
+          if not checkpointing.all_finite(state):
+            raise NonFinite(step, "a parameter or optimizer moment is nan or inf",
+                            from_previous_state=False)
           checkpointing.save_checkpoint(manager, step, state, batches.position)
+  except NonFinite as e:
+    raise FloatingPointError(stopped(e, manager, workdir)) from None
   finally:
     manager.wait_until_finished()
     if log is not None:

@@ -13,8 +13,18 @@ import tensorboardX
 from absl import logging
 
 
+class NonFinite(FloatingPointError):
+  """Step `step` gave a non-finite value, `what` (e.g. "loss is nan"). `from_previous_state`:
+  the value is the loss or gradient norm, computed from the state the step started from before
+  any learning rate applies, so that state leads to it whatever the learning rate."""
+
+  def __init__(self, step: int, what: str, from_previous_state: bool):
+    super().__init__(f"{what} at step {step}")
+    self.step, self.from_previous_state = step, from_previous_state
+
+
 class MetricsLog:
-  """Checks every step's loss; every `log_every` steps writes metrics.jsonl, TensorBoard event
+  """Checks every step's loss and gradient norm (`NonFinite`); every `log_every` steps writes metrics.jsonl, TensorBoard event
   files (`workdir/tensorboard`, via tensorboardX) and the progress bar."""
 
   def __init__(self, workdir: pathlib.Path, tokens_per_step: int, log_every: int, bar,
@@ -37,21 +47,19 @@ class MetricsLog:
     if self.writer is not None:
       self.writer.close()
 
-  def __call__(self, step: int, metrics, last_checkpoint: int | None) -> None:
+  def __call__(self, step: int, metrics) -> None:
     metrics = jax.device_get(metrics)
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-      raise FloatingPointError(
-          f"loss is {loss} at step {step}: stopping. The last good checkpoint is step "
-          f"{last_checkpoint} in {self.path.parent / 'checkpoints'}; lower train.learning_rate "
-          f"or check the data before resuming")
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    for name, value in (("loss", loss), ("grad_norm", grad_norm)):
+      if not math.isfinite(value):
+        raise NonFinite(step, f"{name} is {value}", from_previous_state=True)
     self.bar.update(1)
     if self.last_step is None:
       self.last_step = step - 1
     if step % self.log_every:
       return
     now = time.perf_counter()
-    record = dict(step=step, loss=loss, grad_norm=float(metrics["grad_norm"]),
+    record = dict(step=step, loss=loss, grad_norm=grad_norm,
                   tokens_per_s=self.tokens_per_step * (step - self.last_step)
                   / (now - self.last_time))
     for name in ("loss", "accuracy", "kl"):

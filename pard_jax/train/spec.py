@@ -10,6 +10,7 @@ run (`train.loop`) reads the spec, never the config.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 from typing import Any
@@ -45,6 +46,7 @@ class ModelSpec:
 class DataSpec:
   source: str
   split: str
+  tfds_data_dir: pathlib.Path | None  # None: TFDS's default
   assistant_only_loss: bool
   length: int
   seed: int
@@ -146,6 +148,17 @@ class TrainSpec:
             f"{self.data.length} exceeds the model's max_position_embeddings "
             f"({model_config.max_position_embeddings})")
 
+  def run_defining(self) -> dict[str, Any]:
+    """The settings a run's checkpoints depend on, by config key, as JSON values: a run resumes
+    only with these unchanged. Free to change on resume: how long the run is, what is logged
+    and kept (`RESUMABLE`), the step size (what a diverged run lowers to resume) and the
+    devices (`mesh`, `distributed`)."""
+    settings = _flat("", {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                          if f.name not in ("mesh_shape", "distributed")})
+    # The optimizer's fields are `train.*` keys in a config.
+    settings = {k.replace("train.optimizer.", "train."): v for k, v in settings.items()}
+    return {k: v for k, v in settings.items() if k not in RESUMABLE}
+
   @classmethod
   def from_config(cls, config) -> TrainSpec:
     """Checks and types every value that needs nothing loaded."""
@@ -154,6 +167,26 @@ class TrainSpec:
                drafter=_drafter(c.drafter, c.data.length), loss=_loss(c.loss, c.model.init),
                train=_run(c.train), mesh_shape=_mesh_shape(c.mesh.shape),
                distributed=DistributedSpec(**c.distributed.to_dict()))
+
+
+# Settings that may change when a run resumes (see `TrainSpec.run_defining`); total_steps is
+# derived from num_steps or num_epochs.
+RESUMABLE = frozenset(
+    f"train.{name}" for name in ("num_epochs", "num_steps", "total_steps", "log_every",
+                                 "checkpoint_every", "max_checkpoints", "learning_rate",
+                                 "schedule", "warmup_steps", "max_grad_norm"))
+
+
+def _flat(prefix: str, value) -> dict[str, Any]:
+  """Nested dataclasses and dicts as `{"a.b.c": JSON value}`."""
+  if dataclasses.is_dataclass(value):
+    value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+  if isinstance(value, dict):
+    return {k: v for name, item in value.items() for k, v in _flat(f"{prefix}{name}.", item)
+            .items()}
+  if isinstance(value, pathlib.Path):
+    value = str(value)
+  return {prefix[:-1]: json.loads(json.dumps(value))}  # tuples as lists, as read back
 
 
 def _renamed_keys_read(config):
@@ -212,8 +245,15 @@ def _data(d) -> DataSpec:
           "name or tfds:NAME)")
   require(_is_int(d.length) and d.length >= 1, "data.length",
           f"must be an integer >= 1, got {d.length!r}")
-  return DataSpec(source=d.source, split=d.split, assistant_only_loss=bool(d.assistant_only_loss),
-                  length=d.length, seed=d.seed)
+  tfds_data_dir = None
+  if d.tfds_data_dir:
+    require(d.source.startswith("tfds:"), "data.tfds_data_dir",
+            f"is only read for data.source='tfds:NAME', got data.source={d.source!r}")
+    tfds_data_dir = pathlib.Path(d.tfds_data_dir).expanduser()
+    require(tfds_data_dir.is_dir(), "data.tfds_data_dir",
+            f"{d.tfds_data_dir!r} is not a directory (where tfds:NAME is prepared)")
+  return DataSpec(source=d.source, split=d.split, tfds_data_dir=tfds_data_dir,
+                  assistant_only_loss=bool(d.assistant_only_loss), length=d.length, seed=d.seed)
 
 
 def _drafter(d, length: int) -> DrafterSpec:
