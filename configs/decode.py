@@ -2,7 +2,8 @@
 
 The defaults are the main job: the SmolLM2-135M-Instruct target with the PARD drafter trained
 here (`drafters/smollm2_135m_pard`), `ar` against `sd` (the same drafter, one token per
-forward) and `pard` (K drafts per forward), on the first 4 prompts of each evaluation set.
+forward) and `pard` (K drafts per forward), on the first 4 prompts of each evaluation set
+(a `.jsonl` file of your own is decoded whole unless `max_prompts` is set).
 
   python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
       --config.num_draft_tokens=2,4,8 --config.prompts=mtbench,humaneval,gsm8k \
@@ -36,7 +37,9 @@ def get_config():
   # Comma-separated: mtbench, humaneval, gsm8k and/or .jsonl files ("prompt" or "input_ids").
   config.prompts = "mtbench,humaneval,gsm8k"
   config.chat_template = True  # apply the tokenizer's chat template to text prompts
-  config.max_prompts = 4  # per set; 0 = all
+  # Per set, 0 = all. Unset: the first 4 prompts of each named set (mtbench, ...) and every
+  # prompt of a .jsonl file; a number applies to files too.
+  config.max_prompts = config_dict.placeholder(int)
   config.output = ""  # .jsonl, one line per (cell, prompt); "" = none
   config.report_dir = ""  # results.json, results.md, plots; a rerun skips finished cells
   config.peers = ""  # "transformers": generate and assisted generation in the same run

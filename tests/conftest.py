@@ -41,3 +41,13 @@ def smollm2_hf(smollm2):
   import transformers
   path = smollm2[0]
   return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+  """Makes any model load fail: errors asserted under it are raised before loading."""
+  from pard_jax import checkpoints
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a model was loaded before the bad value was reported")
+  monkeypatch.setattr(checkpoints, "load_model", refuse)

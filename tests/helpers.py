@@ -23,6 +23,17 @@ def load_config(path="configs/tiny.py"):
   return module.get_config()
 
 
+def with_overrides(config, overrides: dict):
+  """`config` with dotted keys set (`{"train.num_steps": 4}`), as `--config.KEY=VALUE` would."""
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    node = config
+    for part in filter(None, section.split(".")):
+      node = node[part]
+    node[name] = value
+  return config
+
+
 def perturbed(model, scale, seed):
   """A drafter that agrees with `model` often but not always."""
   graphdef, state = nnx.split(model)

@@ -47,14 +47,6 @@ def _config(models, **overrides):
   return config
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-  """Makes any model load fail: errors asserted under it are raised before loading."""
-  def refuse(*args, **kwargs):
-    raise AssertionError("a model was loaded before the bad value was reported")
-  monkeypatch.setattr(checkpoints, "load_model", refuse)
-
-
 @pytest.mark.slow
 def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, monkeypatch):
   config = _config(models, method="ar,sd,pard", num_draft_tokens=(2, 3), batch_size=2,
@@ -272,7 +264,9 @@ def test_a_prompt_that_fits_is_not_refused_for_rounding(models, tmp_path):
   long.write_text(json.dumps({"input_ids": [5] * 241}) + "\n")
   result = job.run(_config(models, prompts=str(long), max_new_tokens=14))
   assert result.cells[0].num_tokens == 14
-  with pytest.raises(DecodeError, match="needs a cache of 257 positions"):
+  # Refused before any model loads, naming the line.
+  with pytest.raises(DataError, match="long.jsonl:1: prompt of 241 tokens .*needs a cache of 257 "
+                     "positions"):
     job.run(_config(models, prompts=str(long), max_new_tokens=16))
 
 

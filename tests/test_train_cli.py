@@ -17,7 +17,7 @@ import pytest
 from pard_jax import checkpoints
 from pard_jax.train import loop
 
-from tests.helpers import ROOT, load_config
+from tests.helpers import ROOT, load_config, with_overrides
 
 # A small, fast version of configs/tiny.py (40 steps, a checkpoint every 5).
 OVERRIDES = {"data.length": 48, "model.arch.hidden_size": 64, "model.arch.intermediate_size": 128,
@@ -62,14 +62,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def tiny_config(overrides):
-  config = load_config("configs/tiny.py")
-  for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    node = config
-    for part in section.split("."):
-      node = node[part]
-    node[name] = value
-  return config
+  return with_overrides(load_config("configs/tiny.py"), overrides)
 
 
 def logged(workdir, key="step"):

@@ -17,7 +17,7 @@ from pard_jax.errors import CheckpointError, ConfigError, DataError, PardJaxErro
 from pard_jax.train import checkpointing, loop
 from pard_jax.train.spec import TrainSpec
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, with_overrides
 from tests.test_train_cli import train_command
 from tests.test_training import tiny_config
 
@@ -81,13 +81,7 @@ def test_resume_refuses_other_settings_and_allows_length_logging_and_step_size(t
 
   def resume(**changes):
     config = tiny_config(num_steps=4, checkpoint_every=2, log_every=1)
-    for key, value in changes.items():
-      section, _, name = key.rpartition(".")
-      node = config
-      for part in section.split("."):
-        node = node[part]
-      node[name] = value
-    return loop.train(config, str(tmp_path))
+    return loop.train(with_overrides(config, changes), str(tmp_path))
 
   with pytest.raises(ConfigError, match=r"config.drafter.mask_token_ids: .* other settings") as e:
     resume(**{"drafter.mask_token_ids": (5,), "train.batch_size": 4})

@@ -71,7 +71,13 @@ def load_config(path: str | os.PathLike, **overrides) -> ModelConfig:
 def load_generation_config(path: str | os.PathLike) -> dict[str, Any] | None:
   """A HF directory's `generation_config.json` (EOS ids, sampling defaults); None without one."""
   generation_file = pathlib.Path(path) / "generation_config.json"
-  return _read_json(generation_file) if generation_file.is_file() else None
+  if not generation_file.is_file():
+    return None
+  generation = _read_json(generation_file)
+  if not isinstance(generation, dict):
+    raise CheckpointError(f"{generation_file} must hold a JSON object, got "
+                          f"{type(generation).__name__}")
+  return generation
 
 
 def gguf_checkpoint_config(path: pathlib.Path, reader) -> CheckpointConfig:

@@ -1,13 +1,16 @@
 """The decode.py job: a sweep over (prompt set, method, K) cells with `ar` as the baseline.
 
-Order of work, so that mistakes surface before anything slow: the config is checked
-(`EvalSpec`), the report folder's earlier settings compared, prompts read and tokenized, the
-drafter's mask ids resolved and every `DecodeConfig` built; only then are models loaded. Per
-prompt set, `ar` runs first, then every (method, K), then the peers.
+Order of work, so that mistakes surface before anything slow: the config is checked against
+the checkpoints' config.json (`EvalSpec`), the report folder locked, every prompt of every set
+read, tokenized and checked, the report folder's earlier settings and prompts compared, its
+finished cells' outputs read back and every `DecodeConfig` built; only then are models loaded.
+Per prompt set, `ar` runs first, then every (method, K), then the peers. `output` is written
+cell by cell, like the report, so an interrupted sweep keeps every finished cell.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from typing import Any
@@ -15,13 +18,12 @@ from typing import Any
 from absl import logging
 
 from pard_jax import checkpoints, prompting
-from pard_jax import drafter_kinds as kinds
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
-from pard_jax.errors import DataError, DecodeError
+from pard_jax.errors import ConfigError, DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
 from pard_jax.eval import peers as peers_lib
 from pard_jax.eval import prompts as prompts_lib
-from pard_jax.eval.report import Report
+from pard_jax.eval import report as report_lib
 from pard_jax.eval.spec import EvalSpec
 
 
@@ -48,17 +50,31 @@ def shared_vocab_size(target_hf: dict[str, Any], drafter_hf: dict[str, Any], tar
   return len(target_tokenizer)
 
 
-def tokenize_set(prompt_set: prompts_lib.PromptSet, spec: EvalSpec, tokenizer,
-                 vocab_size: int) -> tuple[list[str], list[list[int]]]:
-  """(origins, token ids) of a set's first `max_prompts` prompts, ids checked against the vocab."""
-  prompts = prompt_set.load()[:spec.max_prompts or None]
+def tokenize_set(prompt_set: prompts_lib.PromptSet, spec: EvalSpec,
+                 tokenizer) -> tuple[list[str], list[list[int]]]:
+  """(origins, token ids) of the prompts of a set to decode (`spec.prompt_limit`), each
+  checked against the target's vocabulary and the cache, so that none fails mid-sweep."""
+  prompts = prompt_set.load()[:spec.prompt_limit(prompt_set) or None]
+  if (spec.chat_template and tokenizer is not None and not tokenizer.chat_template
+      and any(p.text is not None for p in prompts)):
+    raise ConfigError(f"config.chat_template: the target's tokenizer ({spec.target}) has no chat "
+                      "template to render the text prompts of "
+                      f"{prompt_set.source}; set --config.chat_template=False to encode them as "
+                      "they are")
+  room = spec.positions - spec.max_new_tokens
   ids = []
   for prompt in prompts:
     tokens = prompt.token_ids(tokenizer, spec.chat_template)
-    bad = [t for t in tokens if not 0 <= t < vocab_size]
+    bad = [t for t in tokens if not 0 <= t < spec.vocab_size]
     if bad:
       raise DataError(f"{prompt.origin}: token id {bad[0]} is outside the "
-                                    f"target's vocabulary [0, {vocab_size})")
+                      f"target's vocabulary [0, {spec.vocab_size})")
+    if len(tokens) > room:
+      raise DataError(
+          f"{prompt.origin}: prompt of {len(tokens)} tokens + max_new_tokens="
+          f"{spec.max_new_tokens} needs a cache of {len(tokens) + spec.max_new_tokens} positions, "
+          f"more than the {spec.positions} available (config.cache_len / "
+          "max_position_embeddings); shorten the prompt or config.max_new_tokens")
     ids.append(tokens)
   return [p.origin for p in prompts], ids
 
@@ -67,7 +83,7 @@ def tokenize_set(prompt_set: prompts_lib.PromptSet, spec: EvalSpec, tokenizer,
 class EvalResult:
   cells: list[cells_lib.CellResult]  # in report order: per set, ours (ar first), then peers
   records: list[dict[str, Any]]  # one per (cell, prompt) run by our engine, as in `output`
-  report: Report
+  report: report_lib.Report
 
   def cell(self, prompt_set: str, method: str, k: int = 0,
            engine: str = cells_lib.OURS) -> cells_lib.CellResult:
@@ -77,76 +93,92 @@ class EvalResult:
 def run(config) -> EvalResult:
   """Runs the sweep described by a `configs/decode.py` config (or an `EvalSpec`)."""
   spec = config if isinstance(config, EvalSpec) else EvalSpec.from_config(config)
-  report = Report(spec)
-  tokenizer = _load_tokenizer(spec.target)
-  target_hf = checkpoints.read_config(spec.target).hf
-  sets = {s.name: tokenize_set(s, spec, tokenizer, target_hf["vocab_size"])
-          for s in spec.prompt_sets}
-  stops = (spec.stop_token_ids if spec.stop_token_ids is not None
-           else prompting.stop_ids(target_hf, checkpoints.load_generation_config(spec.target),
-                                   tokenizer))
+  with report_lib.locked(spec.report_dir):
+    return _run(spec)
 
-  declared, shared_vocab = {}, {}  # per drafter path: its config.json's kind, shared vocab
-  for method in spec.methods[1:]:
-    path = spec.drafter_for(method)
-    if path not in declared:
-      drafter = checkpoints.read_config(path)
-      declared[path] = drafter.drafter
-      shared_vocab[path] = shared_vocab_size(target_hf, drafter.hf, tokenizer, path)
+
+def _run(spec: EvalSpec) -> EvalResult:
+  target_hf = spec.models[spec.target].hf
+  generation_config = checkpoints.load_generation_config(spec.target)
+  tokenizer = _load_tokenizer(spec.target)
+  sets = {s.name: tokenize_set(s, spec, tokenizer) for s in spec.prompt_sets}
+  report = report_lib.Report(
+      spec, {s.name: report_lib.prompts_key(s, sets[s.name][1]) for s in spec.prompt_sets})
+  stops = spec.stop_token_ids
+  if stops is None:
+    stops = prompting.stop_ids(target_hf, generation_config, tokenizer)
+    bad = [t for t in stops if not 0 <= t < spec.vocab_size]
+    if bad:
+      raise ConfigError(f"config.stop_token_ids: unset, so the target's EOS ids {stops} are "
+                        f"used, but {bad[0]} is outside its vocabulary [0, {spec.vocab_size}); "
+                        "give the stop ids")
+
+  shared_vocab = {path: shared_vocab_size(target_hf, spec.models[path].hf, tokenizer, path)
+                  for path in {spec.drafter_for(m) for m in spec.methods[1:]}}
   configs = {}
   for method, k in spec.cells():
-    path = spec.drafter_for(method)
     configs[method, k] = DecodeConfig(
-        drafter=kinds.for_method(method, declared.get(path), spec.mask_token_ids),
-        num_draft_tokens=k or 1, max_new_tokens=spec.max_new_tokens,
-        temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
-        stop_token_ids=stops, shared_vocab_size=shared_vocab[path] if k else 0)
+        drafter=spec.drafter_kinds[method], num_draft_tokens=k or 1,
+        max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_k=spec.top_k,
+        top_p=spec.top_p, stop_token_ids=stops,
+        shared_vocab_size=shared_vocab[spec.drafter_for(method)] if k else 0)
 
-  todo = [(name, method, k) for name in sets for method, k in spec.cells()
-          if not report.done((name, cells_lib.OURS, method, k))]
+  ours = [(name, cells_lib.OURS, method, k) for name in sets for method, k in spec.cells()]
+  todo = [key for key in ours if not report.done(key)]
+  # Read back now: a damaged outputs/ fails before anything loads.
+  stored_rows = {key: report.rows(key) for key in ours if report.done(key)}
   target = checkpoints.load_model(spec.target, dtype=spec.dtype) if todo else None
   drafters = {path: checkpoints.load_model(path, dtype=spec.dtype)
-              for path in {spec.drafter_for(method) for _, method, k in todo if k}}
+              for path in {spec.drafter_for(method) for _, _, method, k in todo if k}}
   decoders: dict[tuple[str, int], SpeculativeDecoder] = {}
   peer = None  # loaded when a peer cell is left to measure
 
-  records = []
-  for name, (origins, prompts) in sets.items():
-    ar = None
-    for method, k in spec.cells():
-      key = (name, cells_lib.OURS, method, k)
-      if report.done(key):
-        rows = report.rows(key)
-      else:
-        if (method, k) not in decoders:
-          decoders[method, k] = SpeculativeDecoder(
-              target, drafters[spec.drafter_for(method)] if k else None, configs[method, k])
-        rows = cells_lib.run_cell(decoders[method, k], prompts, spec.batch_size, spec.seed,
-                                  spec.cache_len, desc=f"{name} {method} K={k}")
-        cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy)
+  wanted, records = [], []
+  with contextlib.ExitStack() as stack:
+    # Opened only now that every check has passed, and written cell by cell.
+    output = stack.enter_context(spec.output.open("w")) if spec.output is not None else None
+    for name, (origins, prompts) in sets.items():
+      ar = None
+      for method, k in spec.cells():
+        key = (name, cells_lib.OURS, method, k)
+        if report.done(key):
+          rows = stored_rows[key]
+        else:
+          if (method, k) not in decoders:
+            decoders[method, k] = SpeculativeDecoder(
+                target, drafters[spec.drafter_for(method)] if k else None, configs[method, k])
+          rows = cells_lib.run_cell(decoders[method, k], prompts, spec.batch_size, spec.seed,
+                                    spec.cache_len, desc=f"{name} {method} K={k}")
+          cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy)
+          if method == "ar":
+            cell.speedup_vs_ar = 1.0
+          report.add(cell, rows)
+          logging.info("%s %s K=%d: tau %s, %.1f tok/s", name, method, k,
+                       f"{cell.tau:.2f}" if cell.tau else "-", cell.tokens_per_second)
         if method == "ar":
-          cell.speedup_vs_ar = 1.0
-        report.add(cell, rows)
-        logging.info("%s %s K=%d: tau %s, %.1f tok/s", name, method, k,
-                     f"{cell.tau:.2f}" if cell.tau else "-", cell.tokens_per_second)
-      if method == "ar":
-        ar = (report.cells[key], rows)
-      records += [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)
-                  for origin, row in zip(origins, rows)]
-    for method, k in peers_lib.TransformersPeer.cells(spec):
-      if not report.done((name, peers_lib.TRANSFORMERS, method, k)):
-        peer = peer or peers_lib.TransformersPeer(spec, stops)
-        cell = peer.run(name, method, k, prompts)
-        ours = report.cells[(name, cells_lib.OURS, method, k)]
-        peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", 0), cell)
-        cell.ours_vs_peer = ours.tokens_per_second / cell.tokens_per_second
-        cell.speedup_vs_ar = cell.tokens_per_second / peer_ar.tokens_per_second
-        report.add(cell)
+          ar = (report.cells[key], rows)
+        wanted.append(key)
+        cell_records = [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)
+                        for origin, row in zip(origins, rows)]
+        if tokenizer is not None:
+          for record in cell_records:
+            record["text"] = tokenizer.decode(record["output_ids"])
+        if output is not None:
+          output.write("".join(json.dumps(record) + "\n" for record in cell_records))
+          output.flush()
+        records += cell_records
+      for method, k in peers_lib.TransformersPeer.cells(spec):
+        key = (name, peers_lib.TRANSFORMERS, method, k)
+        if not report.done(key):
+          peer = peer or peers_lib.TransformersPeer(spec, stops)
+          cell = peer.run(name, method, k, prompts)
+          ours_cell = report.cells[(name, cells_lib.OURS, method, k)]
+          peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", 0), cell)
+          cell.ours_vs_peer = ours_cell.tokens_per_second / cell.tokens_per_second
+          cell.speedup_vs_ar = cell.tokens_per_second / peer_ar.tokens_per_second
+          report.add(cell)
+        wanted.append(key)
 
-  if tokenizer is not None:
-    for record in records:
-      record["text"] = tokenizer.decode(record["output_ids"])
-  if spec.output is not None:
-    spec.output.write_text("".join(json.dumps(record) + "\n" for record in records))
-  report.plot()
-  return EvalResult(cells=report.ordered(), records=records, report=report)
+  if todo or peer is not None:  # a subset of a finished sweep rewrites nothing
+    report.plot()
+  return EvalResult(cells=[report.cells[key] for key in wanted], records=records, report=report)

@@ -49,6 +49,11 @@ class PromptSet:
   """A named source of prompts. `load()` returns them all, in the source's order."""
   name: str
 
+  @property
+  def source(self) -> str:
+    """Where the prompts come from, as a report records it: the set's name, or a file's path."""
+    return self.name
+
   def load(self) -> list[Prompt]:
     raise NotImplementedError
 
@@ -165,6 +170,10 @@ class JsonlFile(PromptSet):
   @property
   def name(self) -> str:
     return self.path.stem
+
+  @property
+  def source(self) -> str:
+    return str(self.path.resolve())
 
   def load(self) -> list[Prompt]:
     if not self.path.is_file():

@@ -2,24 +2,36 @@
 
 `Report` owns the folder's format, reading and writing it. It is rewritten after every cell, so
 an interrupted sweep loses nothing: a rerun with the same settings skips the finished cells
-(their per-prompt outputs are kept in `outputs/`, for the identical-to-`ar` count).
+(their per-prompt outputs are kept in `outputs/`, for the identical-to-`ar` count). A folder
+holds one sweep's settings and, per prompt set, the path and content hash of its prompts; a
+rerun may ask for any subset of its cells or add cells, but other settings or other prompts
+under a set's name are refused. One sweep at a time writes a folder (`locked`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import hashlib
 import importlib.metadata
 import json
+import os
 import pathlib
 import platform
+import socket
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
+from absl import logging
 
 from pard_jax.eval.cells import OURS, CellResult
-from pard_jax.errors import ConfigError
+from pard_jax.errors import ConfigError, DataError
+from pard_jax.eval import prompts as prompts_lib
 from pard_jax.eval.spec import EvalSpec
+
+LOCK = ".lock"  # one of spec.REPORT_FILES, which no input or output may be
 
 
 def device_name() -> str:
@@ -49,9 +61,70 @@ def environment() -> dict[str, Any]:
 def read_results(directory: pathlib.Path
                  ) -> tuple[dict[str, Any], dict[str, Any], list[CellResult]]:
   """(config, environment, cells) of a report folder's `results.json`."""
-  stored = json.loads((pathlib.Path(directory) / "results.json").read_text())
-  return (stored["config"], stored["environment"],
-          [CellResult.from_json(record) for record in stored["cells"]])
+  path = pathlib.Path(directory) / "results.json"
+  damaged = "the report is damaged: restore it from a copy, or use a new report_dir"
+  try:
+    stored = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    line = e.lineno if isinstance(e, json.JSONDecodeError) else 1
+    raise DataError(f"{path}:{line}: not valid JSON ({e}); {damaged}") from e
+  try:
+    config, env = dict(stored["config"]), dict(stored["environment"])
+    return config, env, [CellResult.from_json(record) for record in stored["cells"]]
+  except (KeyError, TypeError, ValueError) as e:
+    raise DataError(f"{path}: not a report's results.json ({type(e).__name__}: {e}); "
+                    f"{damaged}") from e
+
+
+def prompts_key(prompt_set: prompts_lib.PromptSet, token_ids: Sequence[Sequence[int]]
+                ) -> dict[str, Any]:
+  """What a report keys a set's cells by: where its prompts come from and the ids decoded."""
+  digest = hashlib.sha256(json.dumps([list(ids) for ids in token_ids]).encode()).hexdigest()
+  return dict(source=prompt_set.source, prompts=len(token_ids), sha256=digest)
+
+
+def _describe(key: dict[str, Any]) -> str:
+  return f"{key['prompts']} prompts of {key['source']}, sha256 {key['sha256'][:12]}"
+
+
+@contextlib.contextmanager
+def locked(directory: pathlib.Path | None) -> Iterator[None]:
+  """Holds a report folder's lock (none without a folder): one sweep at a time writes it.
+
+  The lock is an `flock` on `<directory>/.lock`, which names its owner. The kernel drops it when
+  its process ends, however it ends: a lock file left by a crashed sweep is taken over.
+  """
+  if directory is None:
+    yield
+    return
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / LOCK
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.read(fd, 256).decode(errors="replace").strip() or "starting"
+      os.close(fd)
+      raise ConfigError(f"config.report_dir: {directory} is in use by another sweep ({owner}; "
+                        f"lock {path}); wait for it to end, or use another report_dir") from None
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        break
+    except FileNotFoundError:
+      pass
+    os.close(fd)  # its owner removed the file between our open and lock: lock the new one
+  stale = os.read(fd, 256).decode(errors="replace").strip()
+  if stale:
+    logging.warning("%s: taking over the lock of a sweep that ended without releasing it (%s)",
+                    directory, stale)
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  try:
+    yield
+  finally:
+    os.unlink(path)
+    os.close(fd)
 
 
 def _cell_name(key: tuple[str, str, str, int]) -> str:
@@ -60,28 +133,50 @@ def _cell_name(key: tuple[str, str, str, int]) -> str:
 
 
 class Report:
-  """Cells measured so far, optionally mirrored in a report folder."""
+  """Cells measured so far, optionally mirrored in a report folder (call under `locked`).
 
-  def __init__(self, spec: EvalSpec):
+  `prompts` holds each set's `prompts_key`. The folder's config lists every method, K, set and
+  peer it holds cells for: those stored first, then the ones this sweep adds.
+  """
+
+  def __init__(self, spec: EvalSpec, prompts: dict[str, dict[str, Any]]):
     self.spec, self.directory = spec, spec.report_dir
     self.cells: dict[tuple, CellResult] = {}
     self.config = dict(spec.identity(), methods=list(spec.methods),
                        num_draft_tokens=list(spec.draft_tokens),
-                       prompt_sets=[s.name for s in spec.prompt_sets], peers=list(spec.peers))
+                       prompt_sets=[s.name for s in spec.prompt_sets], prompts=prompts,
+                       peers=list(spec.peers))
     self.env = environment()
     if self.directory is not None and (self.directory / "results.json").exists():
       stored_config, _, cells = read_results(self.directory)
       self._resume(stored_config, cells)
 
   def _resume(self, stored_config: dict[str, Any], cells: list[CellResult]) -> None:
+    refuse = lambda what: ConfigError(f"config.report_dir: {self.directory} holds results "
+                                      f"{what}; use a new report_dir or the same settings")
     identity = self.spec.identity()
     changed = {k: (stored_config.get(k), v) for k, v in identity.items()
                if stored_config.get(k) != v}
     if changed:
       field, (old, new) = next(iter(changed.items()))
-      raise ConfigError(
-          f"config.report_dir: {self.directory} holds results measured with other settings "
-          f"({field}: {old!r} there, {new!r} now); use a new report_dir or the same settings")
+      raise refuse(f"measured with other settings ({field}: {old!r} there, {new!r} now)")
+    stored_prompts = stored_config.get("prompts")
+    if not isinstance(stored_prompts, dict):
+      raise refuse("that do not record their prompts' path and content (an older report)")
+    for name, key in self.config["prompts"].items():
+      if name in stored_prompts and stored_prompts[name] != key:
+        raise refuse(f"for prompt set {name!r} of other prompts ({_describe(stored_prompts[name])}"
+                     f" there, {_describe(key)} now)")
+    union = lambda field: stored_config[field] + [v for v in self.config[field]
+                                                  if v not in stored_config[field]]
+    try:
+      self.config.update({field: union(field) for field in
+                          ("methods", "num_draft_tokens", "prompt_sets", "peers")},
+                         prompts={**stored_prompts, **self.config["prompts"]})
+    except (KeyError, TypeError) as e:
+      raise DataError(f"{self.directory / 'results.json'}: not a report's results.json "
+                      f"({type(e).__name__}: {e}); the report is damaged: restore it from a "
+                      "copy, or use a new report_dir") from e
     self.cells.update((cell.key, cell) for cell in cells)
 
   def done(self, key) -> bool:
@@ -90,7 +185,22 @@ class Report:
   def rows(self, key) -> list[dict]:
     """Per-prompt outputs of a finished cell, read back from the report folder."""
     path = self.directory / "outputs" / _cell_name(key)
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    fix = "restore it from a copy, or use a new report_dir"
+    if not path.is_file():
+      raise DataError(f"{path}: missing: the per-prompt outputs of a finished cell; {fix}")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{number}: not valid JSON ({e}); {fix}") from e
+      if not isinstance(row, dict) or "output_ids" not in row:
+        raise DataError(f"{path}:{number}: not a row of per-prompt outputs; {fix}")
+      rows.append(row)
+    if len(rows) != self.cells[key].num_prompts:
+      raise DataError(f"{path}: {len(rows)} rows for the cell's {self.cells[key].num_prompts} "
+                      f"prompts; {fix}")
+    return rows
 
   def add(self, cell: CellResult, rows: Sequence[dict] = ()) -> None:
     self.cells[cell.key] = cell
@@ -110,8 +220,9 @@ class Report:
     tmp.replace(self.directory / name)
 
   def ordered(self) -> list[CellResult]:
-    sets = {s.name: i for i, s in enumerate(self.spec.prompt_sets)}
-    methods = {m: i for i, m in enumerate(self.spec.methods)}
+    """Every cell the folder holds: per set, ours (ar first), then the peers."""
+    sets = {name: i for i, name in enumerate(self.config["prompt_sets"])}
+    methods = {m: i for i, m in enumerate(self.config["methods"])}
     return sorted(self.cells.values(), key=lambda c: (sets[c.prompt_set], c.engine != OURS,
                                                       methods[c.method], c.num_draft_tokens))
 

@@ -2,7 +2,9 @@
 
 Strings stop here: `EvalSpec.from_config` turns `method="ar,sd,pard"`, `num_draft_tokens=(2, 4)`,
 `prompts="mtbench,gsm8k"` and `peers="transformers"` into typed values, and every bad value
-raises a `ConfigError` naming its field, in seconds, before a model is read.
+raises a `ConfigError` naming its field, in seconds, before a model is read. The checkpoints'
+`config.json` files are read here (no weights), so that lengths, token ids and drafter kinds are
+checked against the models too, and no output may overwrite an input.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import pathlib
 from typing import Any
 
+from pard_jax import checkpoints
+from pard_jax import drafter_kinds as kinds
 from pard_jax.checkpoints import assets
 from pard_jax.config import DTYPES
 from pard_jax.drafter_kinds import MAX_DRAFT_TOKENS, METHODS
@@ -18,6 +22,14 @@ from pard_jax.errors import ConfigError, DataError, require, require_writable
 from pard_jax.eval import prompts as prompts_lib
 
 PEERS = ("transformers",)
+# With `max_prompts` unset: the first prompts of a named set (a quick look at a benchmark);
+# a user's own .jsonl file is decoded whole.
+NAMED_SET_PROMPTS = 4
+# JAX keys keep a seed's low 32 bits (without x64): a larger seed would repeat a smaller one.
+SEED_LIMIT = 2**32
+# The files a report folder owns (report.py writes them), besides a plot `<set>.png` per set.
+REPORT_FILES = ("results.json", "results.md", ".results.json.tmp", ".results.md.tmp", ".lock",
+                "outputs")
 
 
 def _is_int(value) -> bool:
@@ -29,6 +41,33 @@ def _names(value, field: str) -> tuple[str, ...]:
   return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
+def _overwrites(written: pathlib.Path, read: pathlib.Path) -> bool:
+  """Whether writing `written` (a file, or a folder written into) changes the input `read` (a
+  file, or a checkpoint folder); both resolved."""
+  return (read == written or read.is_relative_to(written)
+          or (written.is_relative_to(read) and written.exists()))
+
+
+def _check_outputs(output: pathlib.Path | None, report_dir: pathlib.Path | None,
+                   inputs: list[tuple[str, pathlib.Path]], set_names: list[str]) -> None:
+  """No output may overwrite an input, and `output` may not overwrite the report's files."""
+  written = [("output", output.resolve())] if output is not None else []
+  if report_dir is not None:
+    report_dir = report_dir.resolve()
+    owned = [report_dir / name for name in REPORT_FILES + tuple(f"{n}.png" for n in set_names)]
+    written += [("report_dir", path) for path in owned]
+    if output is not None:
+      resolved = output.resolve()
+      require(resolved != report_dir and not any(resolved.is_relative_to(p) for p in owned),
+              "output", f"{output} is one of the report's own files (config.report_dir: "
+              f"{report_dir}); write it elsewhere")
+  for field, path in written:
+    for input_field, input_path in inputs:
+      require(not _overwrites(path, input_path), field,
+              f"{path} would overwrite {input_path}, an input (config.{input_field}); write "
+              "elsewhere")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
   """What to decode and measure: every (prompt set, method, K) cell, plus `ar` and peers."""
@@ -38,7 +77,7 @@ class EvalSpec:
   methods: tuple[str, ...]  # `ar` first: it is every cell's baseline
   draft_tokens: tuple[int, ...]  # the K values, for every method but `ar`
   prompt_sets: tuple[prompts_lib.PromptSet, ...]
-  max_prompts: int  # per set; 0 = all
+  max_prompts: int | None  # per set; 0 = all; None: NAMED_SET_PROMPTS of a named set, a file whole
   chat_template: bool
   max_new_tokens: int
   temperature: float
@@ -53,6 +92,24 @@ class EvalSpec:
   peers: tuple[str, ...]
   output: pathlib.Path | None
   report_dir: pathlib.Path | None
+  # The config.json of the target and of every drafter a method uses, by path (no weights).
+  models: dict[pathlib.Path, checkpoints.CheckpointConfig]
+  drafter_kinds: dict[str, kinds.DrafterKind]  # per method, mask ids resolved
+
+  @property
+  def vocab_size(self) -> int:
+    return self.models[self.target].model.vocab_size
+
+  @property
+  def positions(self) -> int:
+    """Cache positions per row: `cache_len`, or the fewest any model used holds."""
+    return self.cache_len or min(m.model.max_position_embeddings for m in self.models.values())
+
+  def prompt_limit(self, prompt_set: prompts_lib.PromptSet) -> int:
+    """How many of the set's first prompts to decode; 0 = all."""
+    if self.max_prompts is not None:
+      return self.max_prompts
+    return 0 if isinstance(prompt_set, prompts_lib.JsonlFile) else NAMED_SET_PROMPTS
 
   @property
   def greedy(self) -> bool:
@@ -66,10 +123,11 @@ class EvalSpec:
     return self.sd_drafter if method == "sd" else self.drafter
 
   def identity(self) -> dict[str, Any]:
-    """The settings every stored cell result depends on (a resumed report must match them)."""
-    return dict(target=str(self.target), drafter=str(self.drafter or ""),
-                sd_drafter=str(self.sd_drafter or ""),
-                max_prompts=self.max_prompts, chat_template=self.chat_template,
+    """The settings every stored cell result depends on (a resumed report must match them);
+    the prompts themselves are keyed per set by the report (`max_prompts` acts through them)."""
+    path = lambda p: str(p.resolve()) if p is not None else ""
+    return dict(target=path(self.target), drafter=path(self.drafter),
+                sd_drafter=path(self.sd_drafter), chat_template=self.chat_template,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                 top_k=self.top_k, top_p=self.top_p, seed=self.seed,
                 batch_size=self.batch_size, dtype=self.dtype,
@@ -86,6 +144,7 @@ class EvalSpec:
       require(method in METHODS, "method",
                f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     require(len(set(methods)) == len(methods), "method", f"lists a method twice: {c.method!r}")
+    methods = ("ar",) + tuple(m for m in methods if m != "ar")
     ks = (c.num_draft_tokens,) if _is_int(c.num_draft_tokens) else tuple(c.num_draft_tokens)
     require(bool(ks) and all(_is_int(k) and 1 <= k <= MAX_DRAFT_TOKENS for k in ks),
              "num_draft_tokens", f"must be integers in [1, {MAX_DRAFT_TOKENS}] (e.g. 4 or "
@@ -94,9 +153,14 @@ class EvalSpec:
     for field in ("max_new_tokens", "batch_size"):
       require(_is_int(c[field]) and c[field] >= 1, field, f"must be an integer >= 1, got "
                f"{c[field]!r}")
-    for field in ("max_prompts", "cache_len", "top_k"):
+    for field in ("cache_len", "top_k"):
       require(_is_int(c[field]) and c[field] >= 0, field, f"must be an integer >= 0 (0 = off), "
                f"got {c[field]!r}")
+    require(c.max_prompts is None or (_is_int(c.max_prompts) and c.max_prompts >= 0),
+            "max_prompts", f"must be an integer >= 0 (0 = all) or unset, got {c.max_prompts!r}")
+    require(_is_int(c.seed) and 0 <= c.seed < SEED_LIMIT, "seed",
+            f"must be an integer in [0, 2**32) (JAX keeps a seed's low 32 bits, so a larger one "
+            f"would repeat a smaller one), got {c.seed!r}")
     require(c.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {c.temperature}")
     require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
     require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
@@ -124,16 +188,52 @@ class EvalSpec:
       raise ConfigError(f"config.prompts: {e}") from e
 
     output = pathlib.Path(c.output).expanduser() if c.output else None
+    report_dir = pathlib.Path(c.report_dir).expanduser() if c.report_dir else None
+    used = {"target": target}
+    if "sd" in methods:
+      used["sd_drafter"] = sd_drafter
+    if any(m not in ("ar", "sd") for m in methods):
+      used["drafter"] = drafter
+    inputs = [(field, path.resolve()) for field, path in used.items()]
+    inputs += [("prompts", s.path.resolve()) for s in sets if isinstance(s, prompts_lib.JsonlFile)]
+    _check_outputs(output, report_dir, inputs, [s.name for s in sets])
     if output is not None:
       require_writable(output, "output")
-    report_dir = pathlib.Path(c.report_dir).expanduser() if c.report_dir else None
     if report_dir is not None:
       require_writable(report_dir / "results.json", "report_dir")
+
+    models = {path: checkpoints.read_config(path) for path in used.values()}
+    max_positions = min(m.model.max_position_embeddings for m in models.values())
+    require(c.cache_len <= max_positions, "cache_len",
+            f"{c.cache_len} is more than the {max_positions} positions the models hold "
+            "(max_position_embeddings); 0 = prompt + max_new_tokens")
+    if c.cache_len:
+      require(c.max_new_tokens < c.cache_len, "cache_len",
+              f"{c.cache_len} positions leave no room for a prompt before max_new_tokens="
+              f"{c.max_new_tokens} new tokens; 0 = prompt + max_new_tokens")
+    require(c.max_new_tokens < max_positions, "max_new_tokens",
+            f"{c.max_new_tokens} leaves no room for a prompt in the {max_positions} positions "
+            "the models hold (max_position_embeddings)")
+    vocab = models[target].model.vocab_size
+    for token in stop_ids or ():
+      require(token < vocab, "stop_token_ids",
+              f"{token} is outside the target's vocabulary [0, {vocab})")
+    drafter_kinds = {}
+    for method in methods:
+      path = sd_drafter if method == "sd" else drafter
+      declared = models[path].drafter if path in models else None
+      kind = drafter_kinds[method] = kinds.for_method(method, declared, mask_ids)
+      if kind.uses_drafter:
+        drafter_vocab = models[path].model.vocab_size
+        for token in {t for k in ks for t in kind.mask_ids(k)}:
+          require(token < drafter_vocab, "mask_token_ids",
+                  f"{token} is outside the drafter's vocabulary [0, {drafter_vocab}) ({path})")
     return cls(target=target, drafter=drafter, sd_drafter=sd_drafter,
-               methods=("ar",) + tuple(m for m in methods if m != "ar"), draft_tokens=ks,
+               methods=methods, draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),
                max_new_tokens=c.max_new_tokens, temperature=float(c.temperature),
                top_k=c.top_k, top_p=float(c.top_p), seed=c.seed, batch_size=c.batch_size,
                dtype=c.dtype, mask_token_ids=mask_ids,
                stop_token_ids=None if stop_ids is None else tuple(stop_ids),
-               cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir)
+               cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir,
+               models=models, drafter_kinds=drafter_kinds)
