@@ -23,6 +23,7 @@ def _entry_point(script, args, tmp_path):
   return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, message", [
     ("decode.py", ["--config.method=bogus"],
      "decode.py: config.method: unknown method 'bogus'; choose from ar, sd, pard, parallelspec"),
@@ -79,6 +80,7 @@ cli.run(main)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, shown", [
     ([], ["absl warning"]),
     (["--verbosity=0"], ["absl info", "library info", "absl warning"]),

@@ -57,6 +57,7 @@ def test_greedy_speculative_equals_autoregressive(seed, k, method, lengths, data
     assert len(ids) == 10 or ids[-1] in stop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama3", "qwen3"])
 def test_greedy_matches_transformers_generate(arch, tmp_path):
   import torch  # pylint: disable=g-import-not-at-top

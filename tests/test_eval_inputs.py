@@ -140,6 +140,7 @@ def test_a_report_refuses_other_prompts_under_the_same_name(tiny, tmp_path, deco
 
 # 5. A report folder is locked while a sweep writes it; a crashed sweep's lock is taken over.
 
+@pytest.mark.slow
 def test_a_report_dir_is_locked_and_a_stale_lock_is_taken_over(tiny, tmp_path, decoded):
   report_dir = tmp_path / "R"
   holder = subprocess.Popen(

@@ -54,6 +54,7 @@ def test_counts_validation(args, field):
     layout.cod_counts(*args)
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(num_depths=st.integers(1, 5), extra=st.integers(0, 20),
        r=st.floats(0.05, 1.0), r_min=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),

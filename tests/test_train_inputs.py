@@ -40,6 +40,7 @@ def test_a_nan_step_is_never_checkpointed(tmp_path):
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_the_checkpoint_a_nan_gradient_came_from_is_set_aside(tmp_path):
   with pytest.raises(FloatingPointError, match=r"grad_norm is nan at step 5") as err:
     loop.train(tiny_config(**DIVERGING, checkpoint_every=2), str(tmp_path))
@@ -59,6 +60,7 @@ def first_run(workdir):
   return json.loads((workdir / "run_spec.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_nan_checkpoint_from_before_is_refused_on_resume(tmp_path):
   first_run(tmp_path)
   # What an older pard_jax could save: a checkpoint of a nan state.
@@ -75,6 +77,7 @@ def test_a_nan_checkpoint_from_before_is_refused_on_resume(tmp_path):
     loop.train(tiny_config(num_steps=4, checkpoint_every=2, log_every=1), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_allows_length_logging_and_step_size(tmp_path):
   stored = first_run(tmp_path)
   assert stored["drafter.mask_token_ids"] == [4] and "train.num_steps" not in stored
@@ -156,6 +159,7 @@ def test_parquet_records_are_named_by_row(tmp_path, tokenizer):
     data.tokenize_records(data.load_records(str(path)), tokenizer, True)
 
 
+@pytest.mark.slow
 def test_a_bad_record_is_one_line_from_train_py(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text(GOOD + '\n{"text": 123}\n')
