@@ -226,7 +226,10 @@ def main(argv):
 
   out_dir = pathlib.Path(_OUT.value)
   out_dir.mkdir(parents=True, exist_ok=True)
-  slug = results["device"].split(" ")[0].lower().replace("/", "-") + f"_{dtype}"
+  # The device's first words ("cpu (Intel(R) Xeon(R) ..." -> cpu_intel_xeon), so that runs on
+  # different machines do not overwrite each other.
+  words = results["device"].lower().replace("(r)", "").split(",")[0]
+  slug = "_".join("".join(c for c in w if c.isalnum()) for w in words.split()[:3]) + f"_{dtype}"
   slug += "_drafter" if _DRAFTER.value else ""
   (out_dir / f"decode_{slug}.json").write_text(json.dumps(results, indent=2))
   (out_dir / f"decode_{slug}.md").write_text(to_markdown(results))
