@@ -4,6 +4,7 @@ model, packed batches, notebook execution. Those that need torch and transformer
 
 import importlib.util
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,27 @@ def load_config(path="configs/tiny.py"):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+# A small, fast version of configs/tiny.py for train.py runs (40 steps, a checkpoint every 5).
+TINY_RUN = {"data.length": 48, "model.arch.hidden_size": 64, "model.arch.intermediate_size": 128,
+            "model.arch.head_dim": 16, "train.num_steps": 40, "train.checkpoint_every": 5,
+            "train.log_every": 5, "train.max_checkpoints": 2}
+
+
+def train_command(workdir, overrides=TINY_RUN) -> list[str]:
+  """`train.py --config=configs/tiny.py --workdir=...` with `--config.KEY=VALUE` overrides."""
+  return [sys.executable, str(ROOT / "train.py"), "--config=configs/tiny.py",
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def tiny_train_config(**train_overrides):
+  """configs/tiny.py shrunk further (hidden 64, rows of 64 tokens), with `train.*` overrides."""
+  config = load_config()
+  config.model.arch.update(dict(hidden_size=64, intermediate_size=128, head_dim=16))
+  config.data.length = 64
+  config.train.update(train_overrides)
+  return config
 
 
 def with_overrides(config, overrides: dict):

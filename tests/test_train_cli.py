@@ -8,7 +8,6 @@ import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,18 +16,7 @@ import pytest
 from pard_jax import checkpoints
 from pard_jax.train import loop
 
-from tests.helpers import ROOT, load_config, with_overrides
-
-# A small, fast version of configs/tiny.py (40 steps, a checkpoint every 5).
-OVERRIDES = {"data.length": 48, "model.arch.hidden_size": 64, "model.arch.intermediate_size": 128,
-             "model.arch.head_dim": 16, "train.num_steps": 40, "train.checkpoint_every": 5,
-             "train.log_every": 5, "train.max_checkpoints": 2}
-
-
-def train_command(workdir, overrides=OVERRIDES):
-  return [sys.executable, str(ROOT / "train.py"), "--config=configs/tiny.py",
-          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-
+from tests.helpers import ROOT, TINY_RUN, load_config, train_command, with_overrides
 
 def finished_steps(workdir: pathlib.Path) -> list[int]:
   directory = workdir / "checkpoints"
@@ -56,13 +44,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert f"resumed from step {interrupted_at}" in resumed.stderr
 
   reference = tmp_path / "reference"
-  loop.train(tiny_config(OVERRIDES), str(reference))
+  loop.train(with_overrides(load_config("configs/tiny.py"), TINY_RUN), str(reference))
   assert logged(killed) == logged(reference) == list(range(5, 41, 5))  # no rows twice
   assert_same_weights(killed, reference)
-
-
-def tiny_config(overrides):
-  return with_overrides(load_config("configs/tiny.py"), overrides)
 
 
 def logged(workdir, key="step"):
@@ -80,7 +64,7 @@ def assert_same_weights(workdir, reference, rtol=1e-5, atol=1e-6):
 @pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
   # A constant schedule, so that 3 steps then 3 more equal 6 in one go.
-  overrides = {**OVERRIDES, "train.schedule": "constant", "train.warmup_steps": 0,
+  overrides = {**TINY_RUN, "train.schedule": "constant", "train.warmup_steps": 0,
                "train.checkpoint_every": 3, "train.log_every": 3}
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -99,7 +83,8 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
   assert "resumed from step 3" in errors[0] and "resumed from step 3" in errors[1]
 
   reference = tmp_path / "one_process"  # 8 devices in this process, as 2 x 4 above
-  loop.train(tiny_config({**overrides, "train.num_steps": 6}), str(reference))
+  loop.train(with_overrides(load_config("configs/tiny.py"),
+                                {**overrides, "train.num_steps": 6}), str(reference))
   assert logged(workdir) == logged(reference) == [3, 6]
   np.testing.assert_allclose(logged(workdir, "loss"), logged(reference, "loss"), rtol=1e-5)
   assert_same_weights(workdir, reference, rtol=1e-4, atol=1e-5)

@@ -17,9 +17,7 @@ from pard_jax.errors import CheckpointError, ConfigError, DataError, PardJaxErro
 from pard_jax.train import checkpointing, loop
 from pard_jax.train.spec import TrainSpec
 
-from tests.helpers import ROOT, with_overrides
-from tests.test_train_cli import train_command
-from tests.test_training import tiny_config
+from tests.helpers import ROOT, tiny_train_config, train_command, with_overrides
 
 
 def saved_steps(workdir):
@@ -34,7 +32,7 @@ DIVERGING = dict(learning_rate=1e4, num_steps=40, log_every=1)
 
 def test_a_nan_step_is_never_checkpointed(tmp_path):
   with pytest.raises(FloatingPointError, match=r"grad_norm is nan at step 5: stopping") as err:
-    loop.train(tiny_config(**DIVERGING, checkpoint_every=5), str(tmp_path))
+    loop.train(tiny_train_config(**DIVERGING, checkpoint_every=5), str(tmp_path))
   assert saved_steps(tmp_path) == []
   assert "No good checkpoint is left" in str(err.value) and "step None" not in str(err.value)
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
@@ -43,20 +41,20 @@ def test_a_nan_step_is_never_checkpointed(tmp_path):
 @pytest.mark.slow
 def test_the_checkpoint_a_nan_gradient_came_from_is_set_aside(tmp_path):
   with pytest.raises(FloatingPointError, match=r"grad_norm is nan at step 5") as err:
-    loop.train(tiny_config(**DIVERGING, checkpoint_every=2), str(tmp_path))
+    loop.train(tiny_train_config(**DIVERGING, checkpoint_every=2), str(tmp_path))
   # Step 4 gives step 5's nan gradient at any learning rate: kept aside, not resumed from.
   assert saved_steps(tmp_path) == [2]
   assert (tmp_path / "diverged" / "4").is_dir()
   assert "The last good checkpoint is step 2" in str(err.value)
   assert "--config.train.learning_rate" in str(err.value)
   # As the message says: a lower learning rate resumes from step 2 and finishes.
-  history = loop.train(tiny_config(learning_rate=1e-3, num_steps=6, checkpoint_every=2,
+  history = loop.train(tiny_train_config(learning_rate=1e-3, num_steps=6, checkpoint_every=2,
                                    log_every=1), str(tmp_path))
   assert [r["step"] for r in history] == [3, 4, 5, 6]
 
 
 def first_run(workdir):
-  loop.train(tiny_config(num_steps=2, checkpoint_every=2, log_every=1), str(workdir))
+  loop.train(tiny_train_config(num_steps=2, checkpoint_every=2, log_every=1), str(workdir))
   return json.loads((workdir / "run_spec.json").read_text())
 
 
@@ -74,7 +72,7 @@ def test_a_nan_checkpoint_from_before_is_refused_on_resume(tmp_path):
   checkpointing.save_checkpoint(manager, 2, nan, saved["data"]["position"])
   manager.wait_until_finished()
   with pytest.raises(CheckpointError, match=r"checkpoint 2 in .* holds nan or inf values"):
-    loop.train(tiny_config(num_steps=4, checkpoint_every=2, log_every=1), str(tmp_path))
+    loop.train(tiny_train_config(num_steps=4, checkpoint_every=2, log_every=1), str(tmp_path))
 
 
 @pytest.mark.slow
@@ -83,7 +81,7 @@ def test_resume_refuses_other_settings_and_allows_length_logging_and_step_size(t
   assert stored["drafter.mask_token_ids"] == [4] and "train.num_steps" not in stored
 
   def resume(**changes):
-    config = tiny_config(num_steps=4, checkpoint_every=2, log_every=1)
+    config = tiny_train_config(num_steps=4, checkpoint_every=2, log_every=1)
     return loop.train(with_overrides(config, changes), str(tmp_path))
 
   with pytest.raises(ConfigError, match=r"config.drafter.mask_token_ids: .* other settings") as e:
@@ -100,9 +98,9 @@ def test_resume_refuses_other_settings_and_allows_length_logging_and_step_size(t
 
 
 def test_a_run_spec_without_checkpoints_is_replaced(tmp_path):
-  spec = TrainSpec.from_config(tiny_config())
+  spec = TrainSpec.from_config(tiny_train_config())
   checkpointing.claim_workdir(tmp_path, spec.run_defining(), None)
-  other = TrainSpec.from_config(tiny_config(batch_size=4))
+  other = TrainSpec.from_config(tiny_train_config(batch_size=4))
   checkpointing.claim_workdir(tmp_path, other.run_defining(), None)  # nothing trained yet
   assert json.loads((tmp_path / "run_spec.json").read_text())["train.batch_size"] == 4
   with pytest.raises(ConfigError, match="train.batch_size: 4 in the workdir, 8 now"):
@@ -175,7 +173,7 @@ def test_a_workdir_that_is_a_file_is_refused_first(tmp_path, monkeypatch):
   workdir.write_text("")
   monkeypatch.setattr(loop.checkpoints, "load_tokenizer", lambda *a: pytest.fail("loaded"))
   with pytest.raises(ConfigError, match=rf"workdir: {workdir} is a file"):
-    loop.train(tiny_config(), str(workdir))
+    loop.train(tiny_train_config(), str(workdir))
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -184,7 +182,7 @@ def test_a_workdir_that_is_a_file_is_refused_first(tmp_path, monkeypatch):
 ])
 def test_bad_optimizer_values_name_the_field(field, value, message):
   with pytest.raises(ConfigError, match=message):
-    TrainSpec.from_config(tiny_config(**{field: value}))
+    TrainSpec.from_config(tiny_train_config(**{field: value}))
 
 
 def write_tfds(data_dir, records):
@@ -216,7 +214,7 @@ def test_tfds_source_trains_end_to_end(tmp_path):
   loaded = data.load_records("tfds:tiny_chat_tfds", "train", tmp_path / "tfds")
   assert sorted(r["conversations"][0]["value"] for r in loaded) == \
       sorted(r["conversations"][0]["value"] for r in records)
-  config = tiny_config(num_steps=2, checkpoint_every=2, log_every=1)
+  config = tiny_train_config(num_steps=2, checkpoint_every=2, log_every=1)
   config.data.update(dict(source="tfds:tiny_chat_tfds", tfds_data_dir=str(tmp_path / "tfds")))
   history = loop.train(config, str(tmp_path / "w"))
   assert [r["step"] for r in history] == [1, 2] and (tmp_path / "w" / "hf").is_dir()
@@ -228,7 +226,7 @@ def test_tfds_source_errors_name_the_dataset_and_never_download(tmp_path):
   assert not (tmp_path / "tfds" / "downloads").exists()
   with pytest.raises(DataError, match=r"tfds:no_such_set: Dataset no_such_set not found"):
     data.load_records("tfds:no_such_set", "train", tmp_path)
-  config = tiny_config()
+  config = tiny_train_config()
   config.data.tfds_data_dir = str(tmp_path / "missing")
   with pytest.raises(ConfigError, match="config.data.tfds_data_dir: is only read"):
     TrainSpec.from_config(config)

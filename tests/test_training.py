@@ -20,20 +20,10 @@ from pard_jax.config import ModelConfig
 from pard_jax.eval import job
 from pard_jax.model import create_model
 
-from tests.helpers import ROOT, load_config, packed_batch
+from tests.helpers import ROOT, load_config, packed_batch, tiny_train_config
 
 CONFIG = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=16)
-
-
-
-
-def tiny_config(**train_overrides):
-  config = load_config()
-  config.model.arch.update(dict(hidden_size=64, intermediate_size=128, head_dim=16))
-  config.data.length = 64
-  config.train.update(train_overrides)
-  return config
 
 
 def test_schedules():
@@ -199,7 +189,7 @@ def test_gradient_accumulation_matches_full_batch():
     ("model.init", "/no/such/model", "config.model.init"),
 ])
 def test_bad_config_values_name_the_field(field, value, message):
-  config = tiny_config()
+  config = tiny_train_config()
   section, _, name = field.rpartition(".")
   (config[section] if section else config)[name] = value
   with pytest.raises(ConfigError, match=message):
@@ -207,12 +197,12 @@ def test_bad_config_values_name_the_field(field, value, message):
 
 
 def test_parallelspec_and_kl_settings_are_checked():
-  config = tiny_config()
+  config = tiny_train_config()
   config.drafter.method = "parallelspec"
   config.drafter.mask_token_ids = (5, 5, 6)
   with pytest.raises(ConfigError, match="config.drafter.mask_token_ids: must be 3 distinct"):
     TrainSpec.from_config(config)
-  config = tiny_config()
+  config = tiny_train_config()
   config.loss.update(dict(kl_weight=1.0, teacher="/no/such/teacher"))
   with pytest.raises(ConfigError, match="config.loss.teacher: '/no/such/teacher'"):
     TrainSpec.from_config(config)
@@ -222,7 +212,7 @@ def test_parallelspec_and_kl_settings_are_checked():
 
 
 def test_batch_must_divide_data_parallel_mesh():
-  config = tiny_config(batch_size=6)
+  config = tiny_train_config(batch_size=6)
   with pytest.raises(ConfigError, match="config.train.batch_size.*mesh size 4"):
     TrainSpec.from_config(config).check_mesh(sharding.make_mesh((2, 2, 2)))
   config.model.arch = {}
@@ -232,7 +222,7 @@ def test_batch_must_divide_data_parallel_mesh():
 
 @pytest.mark.slow
 def test_tiny_run_learns_and_exports(tmp_path):
-  config = tiny_config(num_steps=40, log_every=10, checkpoint_every=20)
+  config = tiny_train_config(num_steps=40, log_every=10, checkpoint_every=20)
   history = loop.train(config, str(tmp_path))
   losses = [r["loss"] for r in history]
   assert len(losses) == 4 and losses[-1] < losses[0] - 1.0
@@ -282,7 +272,7 @@ def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   # Diverges at step 5 (a nan gradient); 1e30 diverged at step 2, before any checkpoint.
-  config = tiny_config(num_steps=30, checkpoint_every=2, learning_rate=1e4)
+  config = tiny_train_config(num_steps=30, checkpoint_every=2, learning_rate=1e4)
   with pytest.raises(FloatingPointError,
                      match=r"(loss|grad_norm) is (nan|inf|-inf) at step (\d+)") as err:
     loop.train(config, str(tmp_path))
@@ -293,7 +283,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_renamed_pard_keys_still_work_for_one_release_and_say_so(caplog):
-  config = tiny_config()
+  config = tiny_train_config()
   config.pard.update(dict(num_depths=3, mask_token=7, r_min=0.5))
   with caplog.at_level("WARNING"):
     spec = TrainSpec.from_config(config)
@@ -301,7 +291,7 @@ def test_renamed_pard_keys_still_work_for_one_release_and_say_so(caplog):
       (3, (7,), 0.5)
   assert "config.pard.num_depths was renamed config.drafter.num_draft_tokens" in caplog.text
   assert "config.pard.mask_token was renamed config.drafter.mask_token_ids" in caplog.text
-  config = tiny_config()
+  config = tiny_train_config()
   config.pard.update(dict(drafter="parallelspec", mask_tokens=(5, 6, 7)))
   spec = TrainSpec.from_config(config)
   assert spec.drafter.method == "parallelspec" and spec.drafter.mask_token_ids == (5, 6, 7)
