@@ -16,6 +16,7 @@ iterator state is one integer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, Iterator, Sequence
@@ -36,15 +37,23 @@ class Records:
   """Raw records, in order, and where each came from (for error messages)."""
   records: Sequence[dict[str, Any]]  # a `datasets.Dataset` or a list
   source: str
-  # Local files, each with the line (json/jsonl) or row (parquet) of each of its records, in
-  # the records' order; empty where unknown (then a record is named by its index).
-  located: tuple[tuple[pathlib.Path, np.ndarray], ...] = ()
+  files: tuple[pathlib.Path, ...] = ()  # the local files the records were read from, in order
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return iter(self.records)
+
+  @functools.cached_property
+  def located(self) -> tuple[tuple[pathlib.Path, np.ndarray], ...]:
+    """Each file with the line (json/jsonl) or row (parquet) of each of its records, in the
+    records' order; empty where unknown (then a record is named by its index). Only an error
+    needs it, so the files are read again only then."""
+    located = tuple((file, _record_lines(file)) for file in self.files)
+    if sum(len(lines) for _, lines in located) != len(self.records):
+      return ()  # a layout datasets reads differently
+    return located
 
   def origin(self, index: int) -> str:
     """`file:line` (`file row N` for parquet) of record `index`, else `source record index`."""
@@ -85,10 +94,7 @@ def load_records(source: str, split: str = "train",
         for file in files:
           _check_json_file(file)
       raise DataError(f"data source {source!r} could not be read: {e}") from e
-    located = tuple((file, _record_lines(file)) for file in files)
-    if sum(len(lines) for _, lines in located) != len(dataset):
-      located = ()  # a layout datasets reads differently: name records by index
-    return Records(dataset, source, located)
+    return Records(dataset, source, tuple(files))
   if source.startswith((".", "/", "~")) or pathlib.Path(source).suffix in _FILE_FORMATS:
     raise DataError(f"data source {source!r} does not exist")
   return Records(datasets.load_dataset(source, split=split), source)

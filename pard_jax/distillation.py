@@ -31,6 +31,7 @@ from pard_jax.checkpoints import assets
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, require, require_writable
 from pard_jax.eval import prompts as prompts_lib
+from pard_jax.files import write_atomically
 
 
 def _validate(c) -> pathlib.Path:
@@ -96,11 +97,7 @@ def check_settings(output: pathlib.Path, current: dict[str, Any]) -> None:
 
 
 def _record_settings(output: pathlib.Path, current: dict[str, Any]) -> None:
-  # Written aside and renamed: a kill mid-write never leaves a half record.
-  record = _settings_record(output)
-  tmp = record.with_name(f".{record.name}.tmp")
-  tmp.write_text(json.dumps(current, indent=2) + "\n")
-  tmp.replace(record)
+  write_atomically(_settings_record(output), json.dumps(current, indent=2) + "\n")
 
 
 def finished_ids(output: pathlib.Path) -> set[str]:

@@ -26,12 +26,14 @@ from typing import Any, Iterator, Sequence
 import jax
 from absl import logging
 
-from pard_jax.eval.cells import OURS, CellResult
 from pard_jax.errors import ConfigError, DataError
 from pard_jax.eval import prompts as prompts_lib
+from pard_jax.eval.cells import OURS, CellResult
 from pard_jax.eval.spec import EvalSpec
+from pard_jax.files import write_atomically
 
 LOCK = ".lock"  # one of spec.REPORT_FILES, which no input or output may be
+_RESTORE = "restore it from a copy, or use a new report_dir"
 
 
 def device_name() -> str:
@@ -62,7 +64,7 @@ def read_results(directory: pathlib.Path
                  ) -> tuple[dict[str, Any], dict[str, Any], list[CellResult]]:
   """(config, environment, cells) of a report folder's `results.json`."""
   path = pathlib.Path(directory) / "results.json"
-  damaged = "the report is damaged: restore it from a copy, or use a new report_dir"
+  damaged = f"the report is damaged: {_RESTORE}"
   try:
     stored = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -175,8 +177,7 @@ class Report:
                          prompts={**stored_prompts, **self.config["prompts"]})
     except (KeyError, TypeError) as e:
       raise DataError(f"{self.directory / 'results.json'}: not a report's results.json "
-                      f"({type(e).__name__}: {e}); the report is damaged: restore it from a "
-                      "copy, or use a new report_dir") from e
+                      f"({type(e).__name__}: {e}); the report is damaged: {_RESTORE}") from e
     self.cells.update((cell.key, cell) for cell in cells)
 
   def done(self, key) -> bool:
@@ -185,21 +186,20 @@ class Report:
   def rows(self, key) -> list[dict]:
     """Per-prompt outputs of a finished cell, read back from the report folder."""
     path = self.directory / "outputs" / _cell_name(key)
-    fix = "restore it from a copy, or use a new report_dir"
     if not path.is_file():
-      raise DataError(f"{path}: missing: the per-prompt outputs of a finished cell; {fix}")
+      raise DataError(f"{path}: missing: the per-prompt outputs of a finished cell; {_RESTORE}")
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{number}: not valid JSON ({e}); {fix}") from e
+        raise DataError(f"{path}:{number}: not valid JSON ({e}); {_RESTORE}") from e
       if not isinstance(row, dict) or "output_ids" not in row:
-        raise DataError(f"{path}:{number}: not a row of per-prompt outputs; {fix}")
+        raise DataError(f"{path}:{number}: not a row of per-prompt outputs; {_RESTORE}")
       rows.append(row)
     if len(rows) != self.cells[key].num_prompts:
       raise DataError(f"{path}: {len(rows)} rows for the cell's {self.cells[key].num_prompts} "
-                      f"prompts; {fix}")
+                      f"prompts; {_RESTORE}")
     return rows
 
   def add(self, cell: CellResult, rows: Sequence[dict] = ()) -> None:
@@ -210,14 +210,8 @@ class Report:
       path = self.directory / "outputs" / _cell_name(cell.key)
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    self._write("results.json", json.dumps(self.to_json(), indent=2))
-    self._write("results.md", self.to_markdown())
-
-  def _write(self, name: str, text: str) -> None:
-    # Written aside and renamed: a kill mid-write never leaves a half results.json.
-    tmp = self.directory / f".{name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(self.directory / name)
+    write_atomically(self.directory / "results.json", json.dumps(self.to_json(), indent=2))
+    write_atomically(self.directory / "results.md", self.to_markdown())
 
   def ordered(self) -> list[CellResult]:
     """Every cell the folder holds: per set, ours (ar first), then the peers."""

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from pard_jax.errors import CheckpointError, ConfigError
+from pard_jax.files import write_atomically
 
 RUN_SPEC = "run_spec.json"
 
@@ -57,9 +58,7 @@ def claim_workdir(workdir: pathlib.Path, settings: dict[str, Any], resume_step: 
   path = workdir / RUN_SPEC
   if resume_step is None:
     if jax.process_index() == 0:
-      partial = path.with_suffix(".json.partial")
-      partial.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
-      partial.replace(path)
+      write_atomically(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return
   if not path.exists():
     logging.warning("%s has no %s (an older pard_jax wrote it): resuming without comparing the "

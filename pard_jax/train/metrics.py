@@ -24,8 +24,9 @@ class NonFinite(FloatingPointError):
 
 
 class MetricsLog:
-  """Checks every step's loss and gradient norm (`NonFinite`); every `log_every` steps writes metrics.jsonl, TensorBoard event
-  files (`workdir/tensorboard`, via tensorboardX) and the progress bar."""
+  """Checks every step's loss and gradient norm (`NonFinite`); every `log_every` steps writes
+  metrics.jsonl, TensorBoard event files (`workdir/tensorboard`, via tensorboardX) and the
+  progress bar."""
 
   def __init__(self, workdir: pathlib.Path, tokens_per_step: int, log_every: int, bar,
                is_main: bool, start_step: int):
