@@ -11,7 +11,7 @@ Measures, in one run on the machine at hand:
      forward) and `pard` at each K of `--anatomy_ks`: the iteration's wall time, the forwards
      it runs (target over 1..K+1 tokens, drafter at its input width), the loop's own cost (the
      rest), and the break-even τ (iteration time over `ar`'s time per token): the τ a drafter
-     must reach for the method to match `ar`.
+     must reach for the method to match `ar`; `pard` also with each `--verify_thresholds`.
 
   python benchmarks/decode_bench.py [--dtype=bfloat16] [--max_new_tokens=64] [--drafter=DIR]
 
@@ -49,6 +49,8 @@ _K = flags.DEFINE_integer("num_draft_tokens", 4, "K for the sd runs")
 _HF = flags.DEFINE_bool("transformers", True, "also time transformers (CPU torch)")
 _DRAFTER = flags.DEFINE_string("drafter", "", "a drafter to time as well (HF or delta dir)")
 _ANATOMY_KS = flags.DEFINE_list("anatomy_ks", ["4", "8"], "K values of the iteration anatomy")
+_THRESHOLDS = flags.DEFINE_list("verify_thresholds", ["0.1", "0.2", "0.4"],
+                                "`pard` rows of the anatomy with these verify_threshold values")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +87,7 @@ def run_ours(target, drafter, cfg, prompts) -> dict:
   decoder = SpeculativeDecoder(target, drafter, cfg)
   prompt_len = max(map(len, prompts))
   decoder.generate(prompts[:1], prompt_len=prompt_len)  # compile
-  tokens, seconds, iterations = 0, 0.0, 0
+  tokens, seconds, iterations, verified = 0, 0.0, 0, {}
   for prompt in prompts:
     # Best of 3 runs, as for the step times: this CPU is shared and noisy.
     runs = [decoder.generate([prompt], prompt_len=prompt_len) for _ in range(3)]
@@ -93,12 +95,17 @@ def run_ours(target, drafter, cfg, prompts) -> dict:
     tokens += result.num_generated
     seconds += result.seconds
     iterations += sum(result.num_iterations)
+    for n in result.verified_drafts[0]:
+      verified[n] = verified.get(n, 0) + 1
   return dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds,
-              tau=tokens / iterations, iterations=iterations, prompts=len(prompts))
+              tau=tokens / iterations, iterations=iterations, prompts=len(prompts),
+              verified_drafts={n: verified[n] for n in sorted(verified)})
 
 
-def iteration_anatomy(target, drafter, prompts, ks, max_new_tokens, repeats) -> list[dict]:
-  """Per (method, K): iteration ms, the forwards it runs, the loop's own ms and break-even τ.
+def iteration_anatomy(target, drafter, prompts, ks, thresholds, max_new_tokens,
+                      repeats) -> list[dict]:
+  """Per (method, K): iteration ms, the forwards it runs, the loop's own ms and break-even τ;
+  `pard` also with each verify threshold (its target forward: the mean over the widths run).
 
   Forward times are timed alone at the runs' cache length and mid-generation position; the
   iteration time is a decoding run's wall time over its iterations (batch 1, best of 3 per
@@ -118,17 +125,21 @@ def iteration_anatomy(target, drafter, prompts, ks, max_new_tokens, repeats) -> 
   ar_ms_per_token = (1000 * ar["seconds"] - ar["prompts"] * target_ms["prefill"]) / ar["tokens"]
   rows = [dict(method="ar", k=0, **ar)]
   for k in ks:
-    for kind in (kinds.AutoregressiveDrafter(), pard_kind):
-      run = run_ours(target, drafter, DecodeConfig(drafter=kind, num_draft_tokens=k, **common),
+    for kind, threshold in ([(kinds.AutoregressiveDrafter(), 0.0), (pard_kind, 0.0)]
+                            + [(pard_kind, t) for t in thresholds]):
+      run = run_ours(target, drafter, DecodeConfig(drafter=kind, num_draft_tokens=k,
+                                                   verify_threshold=threshold, **common),
                      prompts)
-      rows.append(dict(method=kind.method, k=k, **run))
+      rows.append(dict(method=kind.method, k=k, verify_threshold=threshold, **run))
   for row in rows:
     k = row["k"]
     # Each prompt's prefills (the target's, and the drafter's when there is one) are not
     # iterations.
     prefill_ms = target_ms["prefill"] + (drafter_ms["prefill"] if k else 0.0)
     row["iteration_ms"] = (1000 * row["seconds"] - row["prompts"] * prefill_ms) / row["iterations"]
-    row["target_forward_ms"] = target_ms[k + 1]
+    widths = row["verified_drafts"]
+    row["target_forward_ms"] = sum(target_ms[n + 1] * c for n, c in widths.items()) / sum(
+        widths.values())
     row["drafter_forward_ms"] = {"ar": 0.0, "sd": drafter_ms[2] + (k - 1) * drafter_ms[1],
                                  "pard": drafter_ms.get(2 * k, 0.0)}[row["method"]]
     row["loop_ms"] = row["iteration_ms"] - row["target_forward_ms"] - row["drafter_forward_ms"]
@@ -197,7 +208,8 @@ def main(argv):
       results["drafter_step_ms"][head] = {f"{w}_tokens": 1000 * t for w, t in times.items()}
 
     results["anatomy"] = iteration_anatomy(target, drafter, prompts,
-                                           [int(k) for k in _ANATOMY_KS.value], _NEW.value,
+                                           [int(k) for k in _ANATOMY_KS.value],
+                                           [float(t) for t in _THRESHOLDS.value], _NEW.value,
                                            _REPEATS.value)
 
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
@@ -236,6 +248,13 @@ def main(argv):
   print(to_markdown(results))
 
 
+def _verified(row: dict) -> str:
+  widths = row["verified_drafts"]
+  mean = sum(int(n) * c for n, c in widths.items()) / sum(widths.values())
+  threshold = row.get("verify_threshold", 0)  # ar verifies no drafts
+  return f"{threshold:g} ({mean:.2f})" if threshold else "-"
+
+
 def to_markdown(r: dict) -> str:
   lines = [f"# Decoding benchmark: {r['model']}", "",
            f"- device: {r['device']}", f"- dtype: {r['dtype']}",
@@ -256,7 +275,9 @@ def to_markdown(r: dict) -> str:
     lines += ["", "## Anatomy of an iteration (ms)", "",
               "Forwards timed alone; the loop is the iteration's time less its forwards; "
               "break-even τ is the iteration's time over `ar`'s time per token. `sd` runs the "
-              "drafter one token per forward.", "",
+              "drafter one token per forward. A `verify_threshold` row verifies only the "
+              "drafts the drafter is sure of (mean drafts verified per iteration beside it); "
+              "its target forward is the mean over the widths it ran.", "",
               "| target forward over n tokens | " + " | ".join(map(str, a["target_forward_ms"]))
               + " |", "|---|" + "---|" * len(a["target_forward_ms"]),
               "| ms | " + " | ".join(f"{ms:.1f}" for ms in a["target_forward_ms"].values())
@@ -265,9 +286,10 @@ def to_markdown(r: dict) -> str:
               + " |", "|---|" + "---|" * len(a["drafter_forward_ms"]),
               "| ms | " + " | ".join(f"{ms:.1f}" for ms in a["drafter_forward_ms"].values())
               + " |", "",
-              "| method | K | iteration | target forward | drafter forwards | loop (share) | "
-              "break-even τ | measured τ | tok/s |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {row['method']} | {row['k']} | {row['iteration_ms']:.1f} | "
+              "| method | K | verify_threshold (drafts verified) | iteration | target forward | "
+              "drafter forwards | loop (share) | break-even τ | measured τ | tok/s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['method']} | {row['k']} | {_verified(row)} | {row['iteration_ms']:.1f} | "
               f"{row['target_forward_ms']:.1f} | {row['drafter_forward_ms']:.1f} | "
               f"{row['loop_ms']:.1f} ({100 * row['loop_ms'] / row['iteration_ms']:.0f}%) | "
               f"{row['break_even_tau']:.2f} | {row['tau']:.2f} | "

@@ -32,6 +32,9 @@ def get_config():
   config.temperature = 0.0  # 0 = greedy
   config.top_k = 0  # 0 = off
   config.top_p = 1.0
+  # Verify only the leading drafts whose running product of drafter probabilities reaches
+  # this (a cheaper target forward when the drafter is unsure; exact either way); 0 = all K.
+  config.verify_threshold = 0.0
   config.seed = 0
   config.batch_size = 1
   # Comma-separated: mtbench, humaneval, gsm8k and/or .jsonl files ("prompt" or "input_ids").

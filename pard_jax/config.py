@@ -50,6 +50,11 @@ class ModelConfig:
   # so it never proposes another token and verification stays exact (`config.json`
   # "draft_vocab"). None: the whole vocabulary.
   draft_vocab: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
+  # A feature drafter reads the target's hidden states after `num_feature_layers` of its
+  # layers, concatenated: `feature_size` = that count x the target's hidden size
+  # (`config.json` "target_feature_size", "num_target_feature_layers"). 0: tokens only.
+  feature_size: int = 0
+  num_feature_layers: int = 0
   # Remaining HF fields (bos/eos ids, ...) carried through to the exported config.json.
   extra_hf_fields: tuple[tuple[str, Any], ...] = ()
 
@@ -74,6 +79,11 @@ class ModelConfig:
       rope_type = dict(self.rope_scaling).get("rope_type")
       if rope_type not in ("llama3", "default"):
         raise ConfigError(f"unsupported rope scaling type {rope_type!r} (supported: llama3)")
+    if (self.feature_size < 0 or self.num_feature_layers < 0
+        or bool(self.feature_size) != bool(self.num_feature_layers)
+        or (self.feature_size and self.feature_size % self.num_feature_layers)):
+      raise ConfigError(f"feature_size ({self.feature_size}) must be a multiple of "
+                        f"num_feature_layers ({self.num_feature_layers}), both 0 or both > 0")
     if self.draft_vocab is not None:
       ids = np.asarray(self.draft_vocab)
       if (ids.ndim != 1 or not len(ids) or not np.issubdtype(ids.dtype, np.integer)
@@ -152,6 +162,7 @@ class ModelConfig:
         "max_position_embeddings", "torch_dtype", "dtype",
         "hidden_act", "architectures", "transformers_version", "use_sliding_window",
         "mlp_bias", "layer_types", "use_cache", "_name_or_path", "draft_vocab",
+        "target_feature_size", "num_target_feature_layers",
     }
     extra = tuple(sorted((k, _freeze(v)) for k, v in hf.items() if k not in known))
     fields = dict(
@@ -171,6 +182,8 @@ class ModelConfig:
         qk_norm=model_type == "qwen3",
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         draft_vocab=tuple(hf["draft_vocab"]) if hf.get("draft_vocab") else None,
+        feature_size=hf.get("target_feature_size", 0),
+        num_feature_layers=hf.get("num_target_feature_layers", 0),
         extra_hf_fields=extra,
     )
     fields.update(overrides)
@@ -204,6 +217,9 @@ class ModelConfig:
       hf["attention_bias"] = self.attention_bias
     if self.draft_vocab is not None:
       hf["draft_vocab"] = list(self.draft_vocab)
+    if self.feature_size:
+      hf.update(target_feature_size=self.feature_size,
+                num_target_feature_layers=self.num_feature_layers)
     return hf
 
 

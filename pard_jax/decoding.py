@@ -6,7 +6,9 @@ and commits the accepted prefix plus one target token. State has fixed shapes th
 - `tokens_BxT`: prompt then generated tokens, row b valid on `[0, lengths_B[b])`;
 - the target cache is valid on `[0, lengths - 1)`: the last committed token is "pending"
   and is fed at the start of the next verification;
-- the drafter cache is valid on `[0, draft_lengths)` (see `drafting.py`).
+- the drafter cache is valid on `[0, draft_lengths)` (see `drafting.py`);
+- for a feature drafter, `features_BxTxC` holds the target's features by position, valid where
+  its cache is: prefill and each verification write them, at no extra forward.
 
 Rejected tokens are rolled back only by these lengths: the model writes each token's key and
 value at the slot of its position, so the next forward overwrites stale slots. `ar` is the same
@@ -31,6 +33,7 @@ from flax import nnx
 from pard_jax import drafter_kinds as kinds
 from pard_jax import drafting, sampling
 from pard_jax.errors import DecodeError
+from pard_jax.config import ModelConfig
 from pard_jax.model import KVCache, Transformer, init_cache
 
 
@@ -47,6 +50,11 @@ class DecodeConfig:
   # Ids [0, n) mean the same token to target and drafter, whose embedding tables may be padded
   # to different sizes (Qwen2.5-0.5B: 151936 rows, Qwen2.5-7B: 152064). 0: sizes must match.
   shared_vocab_size: int = 0
+  # Verify only the leading drafts whose running product of drafter confidences
+  # (`drafting.Drafts.confidence_BxK`) is at least this, with a target forward over just
+  # those (one `lax.switch` branch per width 1..K+1): cheaper iterations when acceptance is
+  # unlikely. Lossless, as the count depends on the drafts alone. 0 = always verify all K.
+  verify_threshold: float = 0.0
 
   def __post_init__(self):
     if not isinstance(self.drafter, kinds.DrafterKind):
@@ -56,7 +64,7 @@ class DecodeConfig:
     # and a float or NaN here would silently become a shape or all-zero probabilities.
     for field in ("num_draft_tokens", "max_new_tokens", "top_k", "shared_vocab_size"):
       object.__setattr__(self, field, _integer(field, getattr(self, field)))
-    for field in ("temperature", "top_p"):
+    for field in ("temperature", "top_p", "verify_threshold"):
       object.__setattr__(self, field, _finite(field, getattr(self, field)))
     object.__setattr__(self, "stop_token_ids", _stop_ids(self.stop_token_ids))
     if self.drafter.uses_drafter and not 1 <= self.num_draft_tokens <= kinds.MAX_DRAFT_TOKENS:
@@ -70,6 +78,9 @@ class DecodeConfig:
       raise DecodeError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
     if not 0 < self.top_p <= 1:
       raise DecodeError(f"top_p must be in (0, 1], got {self.top_p}")
+    if not 0 <= self.verify_threshold <= 1:
+      raise DecodeError(f"verify_threshold must be in [0, 1] (0 = verify every draft), got "
+                        f"{self.verify_threshold}")
     if self.shared_vocab_size < 0:
       raise DecodeError(f"shared_vocab_size must be >= 0, got {self.shared_vocab_size}")
     self.drafter.mask_ids(self.num_draft_tokens)  # a ParallelSpec drafter may know fewer depths
@@ -154,11 +165,14 @@ class LoopState:
   draft_lengths_B: jax.Array  # the drafter's cache is valid on [0, draft_lengths_B)
   target_cache: KVCache  # valid on [0, lengths_B - 1)
   drafter_cache: KVCache | None  # None for `ar`
+  features_BxTxC: jax.Array | None  # the target's features by position; None but for a
+  # feature drafter
   rng: jax.Array
   done_B: jax.Array  # the row hit a stop token or max_new_tokens
   num_iterations_B: jax.Array  # iterations in which the row was still active
   accept_lengths_BxN: jax.Array  # tokens committed per iteration
   accepted_drafts_BxN: jax.Array  # drafts the verification accepted per iteration (uncut)
+  verified_drafts_BxN: jax.Array  # drafts the target's forward verified per iteration
 
 
 def _probs_fn(cfg: DecodeConfig):
@@ -180,7 +194,8 @@ def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
     # The target may commit ids past the drafter's table; they only cost acceptance.
     tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
   return drafting.draft(cfg.drafter, drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
-                        s.draft_lengths_B, cfg.num_draft_tokens, probs_fn, sample_fn, rng)
+                        s.draft_lengths_B, cfg.num_draft_tokens, probs_fn, sample_fn, rng,
+                        s.features_BxTxC)
 
 
 def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
@@ -200,9 +215,11 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
   k = cfg.num_drafts
   batch = s.lengths_B.shape[0]
   rng, draft_rng, verify_rng = jax.random.split(s.rng, 3)
+  active_B = ~s.done_B
   if k:
-    drafts_BxK, q_BxKxV, drafter_cache, fed = _draft(cfg, drafter, target.config.vocab_size, s,
-                                                     draft_rng)
+    drafts = _draft(cfg, drafter, target.config.vocab_size, s, draft_rng)
+    drafts_BxK, q_BxKxV, drafter_cache, fed = (drafts.tokens_BxK, drafts.q_BxKxV, drafts.cache,
+                                               drafts.fed)
   else:
     drafts_BxK = jnp.zeros((batch, 0), jnp.int32)
     q_BxKxV = jnp.zeros((batch, 0, target.config.vocab_size), jnp.float32)
@@ -211,12 +228,31 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
   pending_Bx1, _ = drafting.take_window(s.tokens_BxT, s.lengths_B - 1, 1)
   verify_BxK1 = jnp.concatenate([pending_Bx1, drafts_BxK], axis=1)
   positions_BxK1 = (s.lengths_B - 1)[:, None] + jnp.arange(k + 1)[None]
-  logits_BxK1xV, target_cache = target(verify_BxK1, positions_BxK1, s.target_cache)
+  layers = cfg.drafter.feature_layers
+
+  def verify_forward(cache, width):
+    """Logits and features over the first `width` verify positions, padded to K + 1:
+    positions past the width are never read (verify() treats their drafts as rejected)."""
+    hidden, cache, features = target.backbone_features(
+        verify_BxK1[:, :width], positions_BxK1[:, :width], cache, feature_layers=layers)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, k + 1 - width), (0, 0)), mode="edge")
+    return pad(target.logits(hidden)), cache, None if features is None else pad(features)
+
+  if cfg.verify_threshold and k:
+    sure_BxK = jnp.cumprod(drafts.confidence_BxK, axis=1) >= cfg.verify_threshold
+    # One forward serves the batch: its width is the widest any active row asks for.
+    num_verified = jnp.max(jnp.where(active_B, jnp.sum(sure_BxK, axis=1), 0))
+
+    logits_BxK1xV, target_cache, features_BxK1xC = jax.lax.switch(
+        num_verified, [functools.partial(verify_forward, width=width)
+                       for width in range(1, k + 2)], s.target_cache)
+  else:
+    num_verified = None
+    logits_BxK1xV, target_cache, features_BxK1xC = verify_forward(s.target_cache, k + 1)
   p_BxK1xV = _probs_fn(cfg)(logits_BxK1xV)
   num_accepted_B, committed_BxK1 = sampling.verify(verify_rng, drafts_BxK, q_BxKxV, p_BxK1xV,
-                                                    cfg.greedy)
+                                                    cfg.greedy, num_verified)
 
-  active_B = ~s.done_B
   count_B, hit_stop_B = _commit_count(cfg, committed_BxK1, num_accepted_B, s.lengths_B,
                                       prompt_lengths_B)
   count_B = jnp.where(active_B, count_B, 0)
@@ -225,6 +261,10 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
   write_BxK1 = jnp.where(active_B[:, None], s.lengths_B[:, None] + jnp.arange(k + 1)[None],
                          s.tokens_BxT.shape[1])
   tokens_BxT = s.tokens_BxT.at[rows_B1, write_BxK1].set(committed_BxK1, mode="drop")
+  features_BxTxC = s.features_BxTxC
+  if features_BxTxC is not None:  # the features of every verified position, at its position
+    at_BxK1 = jnp.where(active_B[:, None], positions_BxK1, features_BxTxC.shape[1])
+    features_BxTxC = features_BxTxC.at[rows_B1, at_BxK1].set(features_BxK1xC, mode="drop")
   lengths_B = s.lengths_B + count_B
   done_B = s.done_B | (active_B & hit_stop_B) | (lengths_B - prompt_lengths_B
                                                   >= cfg.max_new_tokens)
@@ -235,17 +275,25 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
                                                                               mode="drop")
   accepted_drafts_BxN = s.accepted_drafts_BxN.at[jnp.arange(batch), slot_B].set(
       num_accepted_B, mode="drop")
+  verified_drafts_BxN = s.verified_drafts_BxN.at[jnp.arange(batch), slot_B].set(
+      k if num_verified is None else num_verified, mode="drop")
   return LoopState(tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
-                   target_cache=target_cache, drafter_cache=drafter_cache, rng=rng,
-                   done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
+                   target_cache=target_cache, drafter_cache=drafter_cache,
+                   features_BxTxC=features_BxTxC, rng=rng, done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
                    accept_lengths_BxN=accept_lengths_BxN,
-                   accepted_drafts_BxN=accepted_drafts_BxN)
+                   accepted_drafts_BxN=accepted_drafts_BxN,
+                   verified_drafts_BxN=verified_drafts_BxN)
 
 
-def _prefill(model, tokens_BxP, cache):
-  """Writes the prompt's keys and values; no logits are needed (the last token is pending)."""
+def _prefill(model, tokens_BxP, cache, feature_layers=(), features_BxTxC=None):
+  """Writes the prompt's keys and values; no logits are needed (the last token is pending).
+  Returns the cache and, with `feature_layers`, the prompt's features `[batch, P, C]`."""
   positions_BxP = jnp.broadcast_to(jnp.arange(tokens_BxP.shape[1]), tokens_BxP.shape)
-  return model.backbone(tokens_BxP, positions_BxP, cache)[1]
+  extra = drafting.feature_input(model, features_BxTxC, positions_BxP,
+                                 jnp.ones_like(tokens_BxP, bool))
+  _, cache, features = model.backbone_features(tokens_BxP, positions_BxP, cache,
+                                               feature_layers=feature_layers, extra_BxSxD=extra)
+  return cache, features
 
 
 def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, target_params,
@@ -254,23 +302,47 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, tar
   target = nnx.merge(target_def, target_params)
   drafter = nnx.merge(drafter_def, drafter_params) if drafter_def is not None else None
   batch, max_len = tokens_BxT.shape
-  target_cache = _prefill(target, tokens_BxT[:, :prompt_len],
-                          init_cache(target.config, batch, max_len))
+  layers = cfg.drafter.feature_layers
+  target_cache, prompt_features_BxPxC = _prefill(
+      target, tokens_BxT[:, :prompt_len], init_cache(target.config, batch, max_len), layers)
+  features_BxTxC = None
+  if layers:
+    features_BxTxC = jnp.pad(prompt_features_BxPxC, ((0, 0), (0, max_len - prompt_len), (0, 0)))
   drafter_cache = None
   if drafter is not None:
-    drafter_cache = _prefill(drafter, tokens_BxT[:, :prompt_len],
-                             init_cache(drafter.config, batch, max_len))
+    drafter_cache, _ = _prefill(drafter, tokens_BxT[:, :prompt_len],
+                                init_cache(drafter.config, batch, max_len),
+                                features_BxTxC=features_BxTxC)
   state = LoopState(
       tokens_BxT=tokens_BxT, lengths_B=prompt_lengths_B, draft_lengths_B=prompt_lengths_B - 1,
-      target_cache=target_cache, drafter_cache=drafter_cache, rng=rng,
+      target_cache=target_cache, drafter_cache=drafter_cache, features_BxTxC=features_BxTxC,
+      rng=rng,
       done_B=jnp.zeros((batch,), bool), num_iterations_B=jnp.zeros((batch,), jnp.int32),
       accept_lengths_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32),
-      accepted_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
+      accepted_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32),
+      verified_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
   body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B)
   return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, state)
 
 
 _STATIC = ("cfg", "target_def", "drafter_def", "prompt_len")
+
+
+def check_feature_layout(kind: kinds.DrafterKind, drafter: ModelConfig,
+                         target: ModelConfig) -> None:
+  """A feature drafter must read as many features, as wide, as the target gives."""
+  layers = kind.feature_layers
+  if not layers:
+    return
+  if not all(-target.num_layers <= i < target.num_layers for i in layers):
+    raise DecodeError(f"the drafter reads target layers {list(layers)}, but the target has "
+                      f"{target.num_layers} layers")
+  if drafter.feature_size != len(layers) * target.hidden_size:
+    raise DecodeError(
+        f"the drafter reads {drafter.feature_size} feature values per token "
+        f"(target_feature_size), but {len(layers)} layers of this target give "
+        f"{len(layers)} x {target.hidden_size} = {len(layers) * target.hidden_size}: it was "
+        "trained for another target")
 
 
 @dataclasses.dataclass
@@ -280,6 +352,7 @@ class DecodeResult:
   accept_lengths: list[list[int]]  # tokens committed in each iteration
   # Drafts accepted in each iteration, before the cut at a stop token or max_new_tokens.
   accepted_drafts: list[list[int]]
+  verified_drafts: list[list[int]]  # drafts verified in each iteration (K but with a threshold)
   num_iterations: list[int]
   num_drafted: list[int]
   seconds: float  # wall time of the compiled run, compilation excluded
@@ -321,6 +394,7 @@ class SpeculativeDecoder:
         if not 0 <= token < drafter_vocab:
           raise DecodeError(f"mask token id {token} is outside the drafter's vocabulary "
                             f"[0, {drafter_vocab})")
+      check_feature_layout(cfg.drafter, drafter.config, target.config)
     else:
       drafter = None
     for token in cfg.stop_token_ids:
@@ -383,13 +457,14 @@ class SpeculativeDecoder:
                 rng=jax.random.key(seed))
     state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    out_tokens, out_lengths, iterations, accepts, drafts = jax.device_get(
+    out_tokens, out_lengths, iterations, accepts, drafts, verified = jax.device_get(
         (state.tokens_BxT, state.lengths_B, state.num_iterations_B, state.accept_lengths_BxN,
-         state.accepted_drafts_BxN))
+         state.accepted_drafts_BxN, state.verified_drafts_BxN))
     return DecodeResult(
         output_ids=[out_tokens[b, lengths[b]:out_lengths[b]].tolist() for b in range(batch)],
         accept_lengths=[accepts[b, :iterations[b]].tolist() for b in range(batch)],
         accepted_drafts=[drafts[b, :iterations[b]].tolist() for b in range(batch)],
+        verified_drafts=[verified[b, :iterations[b]].tolist() for b in range(batch)],
         num_iterations=iterations.tolist(),
         num_drafted=(iterations * self.cfg.num_drafts).tolist(),
         seconds=seconds)

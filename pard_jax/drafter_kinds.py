@@ -2,7 +2,11 @@
 
 Method names stop here: `for_method` turns one into a kind at the config boundary, and
 `from_hf` / `DrafterKind.to_hf` are the only readers and writers of a drafter's `config.json`
-fields (`"pard_token"`, `"parallelspec_tokens"`, `"spd_type"`). This module is plain data: it
+fields (`"pard_token"`, `"parallelspec_tokens"`, `"spd_type"`, `"target_feature_layers"`).
+
+A kind with `feature_layers` is a feature drafter (PARD-2, P-EAGLE, ParallelSpec on EAGLE): it
+reads the target's hidden states after those layers beside the tokens. Without them, the
+same checkpoint drafts from tokens alone ("dual mode"). This module is plain data: it
 imports no jax, so configs and tools can read drafter metadata without an accelerator runtime.
 How each kind drafts inside the compiled loop is `pard_jax.drafting`.
 """
@@ -22,6 +26,21 @@ class DrafterKind:
   """Base of the kinds: what the drafter is fed after the real tokens, and its config.json."""
   method: ClassVar[str]
   uses_drafter: ClassVar[bool] = True  # False: the target decodes alone
+  feature_layers: tuple[int, ...] = ()  # target layers whose hidden states it reads
+
+  def without_features(self) -> DrafterKind:
+    """The same kind drafting from tokens alone."""
+    return dataclasses.replace(self, feature_layers=()) if self.feature_layers else self
+
+  def check_features(self, num_feature_layers: int, where: str) -> None:
+    """A feature drafter's checkpoint must be built for as many layers as it names."""
+    if len(set(self.feature_layers)) != len(self.feature_layers):
+      raise CheckpointError(f"{where}: target_feature_layers {list(self.feature_layers)} "
+                            "names a layer twice")
+    if len(self.feature_layers) != num_feature_layers:
+      raise CheckpointError(
+          f"{where}: target_feature_layers names {len(self.feature_layers)} layers but the "
+          f"model reads {num_feature_layers} (num_target_feature_layers)")
 
   @property
   def tokens(self) -> tuple[int, ...]:
@@ -38,7 +57,7 @@ class DrafterKind:
 
   def to_hf(self) -> dict[str, Any]:
     """The `config.json` fields that declare a checkpoint of this kind."""
-    return {}
+    return {"target_feature_layers": list(self.feature_layers)} if self.feature_layers else {}
 
   def check_vocab(self, vocab_size: int) -> None:
     """A checkpoint declaring this kind must hold its mask ids."""
@@ -62,14 +81,25 @@ class NoDrafter(DrafterKind):
 
 @dataclasses.dataclass(frozen=True)
 class AutoregressiveDrafter(DrafterKind):
-  """`sd`: a small AR model drafts K tokens in K forwards."""
+  """`sd`: a small AR model drafts K tokens in K forwards. With features (the autoregressive
+  peer of the parallel feature drafters), its drafted tokens carry the learned stand-in."""
+  feature_layers: tuple[int, ...] = ()
   method: ClassVar[str] = "sd"
+
+  def to_hf(self) -> dict[str, Any]:
+    return {**super().to_hf(), "spd_type": "sd"} if self.feature_layers else {}
+
+  @classmethod
+  def resolve(cls, declared, override):
+    del override
+    return declared if isinstance(declared, cls) else cls()
 
 
 @dataclasses.dataclass(frozen=True)
 class PardDrafter(DrafterKind):
   """`pard`: K-1 copies of one shared mask id, so one drafter serves any K."""
   mask_token: int
+  feature_layers: tuple[int, ...] = ()
   method: ClassVar[str] = "pard"
 
   @property
@@ -80,14 +110,14 @@ class PardDrafter(DrafterKind):
     return (self.mask_token,) * (num_draft_tokens - 1)
 
   def to_hf(self) -> dict[str, Any]:
-    return {"pard_token": self.mask_token, "spd_type": "pard"}
+    return {**super().to_hf(), "pard_token": self.mask_token, "spd_type": "pard"}
 
   @classmethod
   def resolve(cls, declared, override):
     if override:
       if len(set(override)) != 1:
         raise ConfigError(f"pard uses one shared mask token, got {override}")
-      return cls(override[0])
+      return cls(override[0], _features(declared))
     if not isinstance(declared, cls):
       raise ConfigError(
           f"the drafter is not a PARD checkpoint: its config.json has no 'pard_token' "
@@ -99,6 +129,7 @@ class PardDrafter(DrafterKind):
 class ParallelSpecDrafter(DrafterKind):
   """`parallelspec`: a distinct mask id per depth, so K is at most len(mask_tokens) + 1."""
   mask_tokens: tuple[int, ...]
+  feature_layers: tuple[int, ...] = ()
   method: ClassVar[str] = "parallelspec"
 
   def __post_init__(self):
@@ -119,12 +150,13 @@ class ParallelSpecDrafter(DrafterKind):
     return self.mask_tokens[:num_draft_tokens - 1]
 
   def to_hf(self) -> dict[str, Any]:
-    return {"parallelspec_tokens": list(self.mask_tokens), "spd_type": "parallelspec"}
+    return {**super().to_hf(), "parallelspec_tokens": list(self.mask_tokens),
+            "spd_type": "parallelspec"}
 
   @classmethod
   def resolve(cls, declared, override):
     if override:
-      return cls(tuple(override))
+      return cls(tuple(override), _features(declared))
     if not isinstance(declared, cls):
       raise ConfigError(
           f"the drafter is not a ParallelSpec checkpoint: its config.json has no "
@@ -145,6 +177,10 @@ def _declares(declared: DrafterKind | None) -> str:
   return f"it declares {declared.method}" if declared else "it declares no drafter kind"
 
 
+def _features(declared: DrafterKind | None) -> tuple[int, ...]:
+  return declared.feature_layers if declared is not None else ()
+
+
 def for_method(method: str, declared: DrafterKind | None = None,
                override: Sequence[int] = ()) -> DrafterKind:
   """The kind behind a method name. `declared` is what the drafter's config.json says
@@ -154,19 +190,31 @@ def for_method(method: str, declared: DrafterKind | None = None,
   return KINDS[method].resolve(declared, tuple(override))
 
 
-HF_FIELDS = ("pard_token", "parallelspec_tokens", "spd_type")  # what from_hf reads
+# What from_hf reads.
+HF_FIELDS = ("pard_token", "parallelspec_tokens", "spd_type", "target_feature_layers")
 
 
-def from_hf(hf: dict[str, Any]) -> PardDrafter | ParallelSpecDrafter | None:
+def from_hf(hf: dict[str, Any]) -> DrafterKind | None:
   """The kind a `config.json` declares; None for a plain AR model."""
   spd_type = hf.get("spd_type")
+  features = hf.get("target_feature_layers") or []
+  if not (isinstance(features, list) and all(type(i) is int for i in features)):
+    raise CheckpointError(f"config.json: target_feature_layers must be a list of layer "
+                          f"indices, got {features!r}")
+  features = tuple(features)
   declared = None
   if hf.get("parallelspec_tokens"):
-    declared = ParallelSpecDrafter(tuple(int(t) for t in hf["parallelspec_tokens"]))
+    declared = ParallelSpecDrafter(tuple(int(t) for t in hf["parallelspec_tokens"]), features)
   elif hf.get("pard_token") is not None:
-    declared = PardDrafter(int(hf["pard_token"]))
+    declared = PardDrafter(int(hf["pard_token"]), features)
+  elif spd_type == "sd" and features:
+    declared = AutoregressiveDrafter(features)
   if spd_type is not None and (declared is None or spd_type != declared.method):
     raise CheckpointError(
-        f"config.json: spd_type {spd_type!r} does not match its mask fields (pard: "
-        f"'pard_token'; parallelspec: 'parallelspec_tokens'), got {_declares(declared)}")
+        f"config.json: spd_type {spd_type!r} does not match its fields (pard: 'pard_token'; "
+        f"parallelspec: 'parallelspec_tokens'; sd: 'target_feature_layers'), got "
+        f"{_declares(declared)}")
+  if features and declared is None:
+    raise CheckpointError("config.json: target_feature_layers needs an spd_type (sd, pard or "
+                          "parallelspec) to say how the feature drafter drafts")
   return declared

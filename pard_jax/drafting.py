@@ -2,15 +2,21 @@
 
 Every drafter keeps its own KV cache and a per-row `draft_lengths_B`: its cache is valid for
 slots `[0, draft_lengths_B)`. Each iteration first feeds the committed tokens it has not seen
-yet (`tokens[draft_length:length]`, the "catch-up"), then drafts. The return value `fed`
+yet (`tokens[draft_length:length]`, the "catch-up"), then drafts. The returned `Drafts.fed`
 says how many of the K drafts entered the cache as real tokens, so that after verification
 the caller sets `draft_lengths = lengths + min(num_accepted, fed)` and stale entries are
 simply overwritten next time.
 
-- `sd`: an autoregressive drafter, K forwards (catch-up of at most 2 tokens, then 1 each).
+- `sd`: an autoregressive drafter, K forwards (catch-up of at most 2 tokens, then 1 each). A
+  feature drafter's drafted tokens carry no target feature, so its accepted drafts are fed
+  again with theirs: fed = 0 and a catch-up of up to K+1 tokens, as for the parallel kinds.
 - `pard` / `parallelspec`: one forward over the catch-up (at most K+1 tokens) followed by
   K-1 mask tokens; draft i+1 is read at mask i. PARD repeats one shared mask id, ParallelSpec
   uses K-1 distinct ones: the mask ids are the only difference between them at inference.
+
+A feature drafter (a kind with `feature_layers`) also reads `features_BxTxC`, the target's
+features by position: a real token at position p is fed with the feature at p - 1 (the target's
+state that produced it); mask tokens, drafted tokens and position 0 get the learned stand-in.
 
 `draft` dispatches on the drafter kind (`pard_jax.drafter_kinds`), the plain data that says
 which method a drafter serves.
@@ -19,7 +25,7 @@ which method a drafter serves.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +41,18 @@ def take_window(tokens_BxT, starts_B, width: int):
   return jnp.take_along_axis(tokens_BxT, idx_BxW, axis=1, mode="clip"), idx_BxW
 
 
+def feature_input(model, features_BxTxC, positions_BxW, real_BxW):
+  """What a feature drafter adds to the embeddings of the tokens at `positions_BxW`: each real
+  token (`real_BxW`) past position 0 reads the feature at its position - 1; None without
+  features (a plain drafter, or a feature drafter in token-only mode)."""
+  if features_BxTxC is None:
+    return None
+  before_BxW = jnp.maximum(positions_BxW - 1, 0)
+  features_BxWxC = jnp.take_along_axis(features_BxTxC, before_BxW[..., None], axis=1,
+                                       mode="clip")
+  return model.feature_embeddings(features_BxWxC, real_BxW & (positions_BxW > 0))
+
+
 def _logits_at(model, hidden_BxSxD, idx_BxK):
   """Logits only where they are needed: `[batch, K, vocab]`."""
   picked = jnp.take_along_axis(hidden_BxSxD, idx_BxK[..., None], axis=1)
@@ -45,38 +63,67 @@ ProbsFn = Callable[[jax.Array], jax.Array]
 SampleFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+class Drafts(NamedTuple):
+  """What one drafting step returns."""
+  tokens_BxK: jax.Array  # draft i sampled from q_BxKxV[:, i]
+  q_BxKxV: jax.Array  # the drafter's distributions after temperature / top-k / top-p
+  # The drafter's own (temperature 1) probability of each draft: how sure it is, also when
+  # greedy q is one-hot. Only decides how many drafts to verify, never whether one is accepted.
+  confidence_BxK: jax.Array
+  cache: KVCache
+  fed: int  # leading drafts that entered the drafter's cache as real tokens
+
+
+def _confidence(logits_xV, tokens_x):
+  logits_xV = logits_xV.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits_xV, tokens_x[..., None], axis=-1)[..., 0]
+  return jnp.exp(picked - jax.nn.logsumexp(logits_xV, axis=-1))
+
+
 def draft_autoregressive(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B,
                          draft_lengths_B, num_draft_tokens: int, probs_fn: ProbsFn,
-                         sample_fn: SampleFn, rng):
-  """K drafts from K drafter forwards. Returns (drafts_BxK, q_BxKxV, cache, fed=K-1)."""
-  # Since the last iteration the drafter has missed one token, or two after accepting all K.
-  catchup_BxW, positions_BxW = take_window(tokens_BxT, draft_lengths_B, 2)
-  hidden, cache = model.backbone(catchup_BxW, positions_BxW, cache)
+                         sample_fn: SampleFn, rng, features_BxTxC=None) -> Drafts:
+  """K drafts from K drafter forwards (fed = K - 1; with features 0)."""
+  # Since the last iteration the drafter has missed one token, or two after accepting all K
+  # (K + 1 when it keeps none of its drafts).
+  fed = num_draft_tokens - 1 if features_BxTxC is None else 0
+  catchup_BxW, positions_BxW = take_window(tokens_BxT, draft_lengths_B,
+                                           num_draft_tokens + 1 - fed)
+  extra = feature_input(model, features_BxTxC, positions_BxW, jnp.ones_like(catchup_BxW, bool))
+  hidden, cache = model.backbone(catchup_BxW, positions_BxW, cache, extra_BxSxD=extra)
   last_B1 = (lengths_B - draft_lengths_B - 1)[:, None]
   rngs = jax.random.split(rng, num_draft_tokens)
-  q_B1xV = probs_fn(_logits_at(model, hidden, last_B1))
+  logits_B1xV = _logits_at(model, hidden, last_B1)
+  q_B1xV = probs_fn(logits_B1xV)
   first_B = sample_fn(rngs[0], q_B1xV[:, 0])
 
   def step(carry, rng_i):
     cache, token_B, position_B = carry
-    logits, cache = model(token_B[:, None], position_B[:, None], cache)
+    position_B1 = position_B[:, None]
+    # A drafted token has no target feature yet: the stand-in.
+    extra = feature_input(model, features_BxTxC, position_B1, jnp.zeros_like(position_B1, bool))
+    hidden, cache = model.backbone(token_B[:, None], position_B1, cache, extra_BxSxD=extra)
+    logits = model.logits(hidden)
     q_BxV = probs_fn(logits[:, 0])
     token_B = sample_fn(rng_i, q_BxV)
-    return (cache, token_B, position_B + 1), (token_B, q_BxV)
+    return (cache, token_B, position_B + 1), (token_B, q_BxV, _confidence(logits[:, 0], token_B))
 
-  (cache, _, _), (rest_KxB, q_rest_KxBxV) = jax.lax.scan(
+  (cache, _, _), (rest_KxB, q_rest_KxBxV, sure_rest_KxB) = jax.lax.scan(
       step, (cache, first_B, lengths_B), rngs[1:])
-  drafts_BxK = jnp.concatenate([first_B[:, None], rest_KxB.T], axis=1)
-  q_BxKxV = jnp.concatenate([q_B1xV, jnp.moveaxis(q_rest_KxBxV, 0, 1)], axis=1)
-  return drafts_BxK, q_BxKxV, cache, num_draft_tokens - 1
+  first_sure_B1 = _confidence(logits_B1xV[:, 0], first_B)[:, None]
+  return Drafts(tokens_BxK=jnp.concatenate([first_B[:, None], rest_KxB.T], axis=1),
+                q_BxKxV=jnp.concatenate([q_B1xV, jnp.moveaxis(q_rest_KxBxV, 0, 1)], axis=1),
+                confidence_BxK=jnp.concatenate([first_sure_B1, sure_rest_KxB.T], axis=1),
+                cache=cache, fed=fed)
 
 
 def draft_parallel(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B, draft_lengths_B,
-                   mask_ids, probs_fn: ProbsFn, sample_fn: SampleFn, rng):
-  """K drafts from one forward over `[catch-up tokens, mask_1 .. mask_{K-1}]`.
+                   mask_ids, probs_fn: ProbsFn, sample_fn: SampleFn, rng,
+                   features_BxTxC=None) -> Drafts:
+  """K drafts from one forward over `[catch-up tokens, mask_1 .. mask_{K-1}]` (fed = 0).
 
   The catch-up holds 1..K+1 real tokens per row; the masks follow each row's last real token
-  at consecutive positions. Returns (drafts_BxK, q_BxKxV, cache, fed=0).
+  at consecutive positions.
   """
   num_masks = len(mask_ids)
   k = num_masks + 1
@@ -87,31 +134,36 @@ def draft_parallel(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B, dra
   masks_M = jnp.asarray(mask_ids, jnp.int32).reshape(num_masks)
   mask_BxW = masks_M[jnp.clip(offset_BxW, 0, max(num_masks - 1, 0))] if num_masks else real_BxW
   inputs_BxW = jnp.where(offset_BxW < 0, real_BxW, mask_BxW)
-  hidden, cache = model.backbone(inputs_BxW, positions_BxW, cache)
+  extra = feature_input(model, features_BxTxC, positions_BxW, offset_BxW < 0)
+  hidden, cache = model.backbone(inputs_BxW, positions_BxW, cache, extra_BxSxD=extra)
   read_BxK = num_real_B1 - 1 + jnp.arange(k)[None]
-  q_BxKxV = probs_fn(_logits_at(model, hidden, read_BxK))
+  logits_BxKxV = _logits_at(model, hidden, read_BxK)
+  q_BxKxV = probs_fn(logits_BxKxV)
   drafts_BxK = sample_fn(rng, q_BxKxV)
-  return drafts_BxK, q_BxKxV, cache, 0
+  return Drafts(tokens_BxK=drafts_BxK, q_BxKxV=q_BxKxV,
+                confidence_BxK=_confidence(logits_BxKxV, drafts_BxK), cache=cache, fed=0)
 
 
 @functools.singledispatch
 def draft(kind: kinds.DrafterKind, model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B,
-          draft_lengths_B, num_draft_tokens: int, probs_fn: ProbsFn, sample_fn: SampleFn, rng):
-  """K drafts the way `kind` makes them: (drafts_BxK, q_BxKxV, cache, fed)."""
+          draft_lengths_B, num_draft_tokens: int, probs_fn: ProbsFn, sample_fn: SampleFn,
+          rng, features_BxTxC=None) -> Drafts:
+  """K drafts the way `kind` makes them (`features_BxTxC`: for a kind with feature layers)."""
   raise TypeError(f"{type(kind).__name__} does not draft")
 
 
 @draft.register
 def _(kind: kinds.AutoregressiveDrafter, model, cache, tokens_BxT, lengths_B, draft_lengths_B,
-      num_draft_tokens, probs_fn, sample_fn, rng):
+      num_draft_tokens, probs_fn, sample_fn, rng, features_BxTxC=None):
   del kind
   return draft_autoregressive(model, cache, tokens_BxT, lengths_B, draft_lengths_B,
-                              num_draft_tokens, probs_fn, sample_fn, rng)
+                              num_draft_tokens, probs_fn, sample_fn, rng, features_BxTxC)
 
 
 @draft.register(kinds.PardDrafter)
 @draft.register(kinds.ParallelSpecDrafter)
 def _(kind, model, cache, tokens_BxT, lengths_B, draft_lengths_B, num_draft_tokens, probs_fn,
-      sample_fn, rng):
+      sample_fn, rng, features_BxTxC=None):
   return draft_parallel(model, cache, tokens_BxT, lengths_B, draft_lengths_B,
-                        kind.mask_ids(num_draft_tokens), probs_fn, sample_fn, rng)
+                        kind.mask_ids(num_draft_tokens), probs_fn, sample_fn, rng,
+                        features_BxTxC)

@@ -19,6 +19,7 @@ Shape suffixes, one letter per dimension, with one meaning across the package:
   M mask tokens of one parallel draft (K - 1)            N max_new_tokens (one per iteration)
   Q query heads            G key/value heads             E query heads per key/value head
   H head dim               F rotary frequencies (H / 2)  O, I out / in features of a weight
+  C target features a feature drafter reads (feature layers x the target's D)
   1 a unit axis
 """
 
@@ -150,8 +151,44 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.post_attention_layernorm(x)), kv_cache
 
 
+def feature_layer_ids(feature_layers, num_layers: int) -> tuple[int, ...]:
+  """Layer indices (negative ones count from the end) as indices in [0, num_layers)."""
+  return tuple(layer % num_layers for layer in feature_layers)
+
+
+class FeatureInput(nnx.Module):
+  """A feature drafter's extra input: the target's features, normalised per layer and projected
+  to the drafter's width, added to the token embeddings (PARD-2, P-EAGLE). A position without a
+  target feature (a mask token, a drafted token, the first token) gets a learned stand-in.
+
+  The projection starts at zero, so a drafter cut from its target starts as the token-only
+  drafter it was: a random projection would swamp its trained input.
+  """
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    c, pdt = config.feature_size, jnp.dtype(config.param_dtype)
+    self.feature_norm = nnx.Param(jnp.ones((c,), pdt))
+    self.feature_proj = nnx.Linear(c, config.hidden_size, use_bias=False,
+                                   dtype=jnp.dtype(config.dtype), param_dtype=pdt,
+                                   kernel_init=nnx.initializers.zeros, rngs=rngs)
+    self.feature_stand_in = nnx.Param(jnp.zeros((c,), pdt))
+    self.groups, self.eps = config.num_feature_layers, config.rms_norm_eps
+
+  def __call__(self, features_BxSxC, has_feature_BxS):
+    x = features_BxSxC.astype(jnp.float32)
+    x = x.reshape(*x.shape[:-1], self.groups, -1)  # one RMS per target layer
+    x = (x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)).reshape(
+        features_BxSxC.shape) * self.feature_norm[...].astype(jnp.float32)
+    x = jnp.where(has_feature_BxS[..., None], x, self.feature_stand_in[...].astype(jnp.float32))
+    return self.feature_proj(x.astype(self.feature_proj.dtype))
+
+
 class Transformer(nnx.Module):
-  """Llama-family causal LM. Parameter names mirror the HF checkpoint names."""
+  """Llama-family causal LM. Parameter names mirror the HF checkpoint names.
+
+  With `config.feature_size`, also a feature drafter's input (`FeatureInput`, parameters
+  `feature_*`): `backbone(..., extra_BxSxD=model.feature_embeddings(...))`.
+  """
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
@@ -163,16 +200,35 @@ class Transformer(nnx.Module):
     self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
     self.lm_head = (None if config.tie_word_embeddings else
                     _dense(config.hidden_size, config.vocab_size, config, rngs))
+    self.features = FeatureInput(config, rngs) if config.feature_size else None
+
+  def feature_embeddings(self, features_BxSxC, has_feature_BxS):
+    """What a feature drafter adds to its token embeddings (`extra_BxSxD` of `backbone`)."""
+    return self.features(features_BxSxC, has_feature_BxS)
 
   def backbone(self, tokens_BxS, positions_BxS, cache: KVCache | None = None,
-               attn_mask_BxSxT=None):
+               attn_mask_BxSxT=None, extra_BxSxD=None):
     """Final hidden states `[batch, seq, hidden]` and the updated cache.
 
     Query (b, i) sees key slot t iff position(t) <= positions_BxS[b, i], AND-ed with
     `attn_mask_BxSxT` when given. Without a cache the keys are the inputs themselves (T = S),
-    so training layouts pass their own mask.
+    so training layouts pass their own mask. `extra_BxSxD` is added to the token embeddings.
     """
+    hidden, cache, _ = self.backbone_features(tokens_BxS, positions_BxS, cache,
+                                              attn_mask_BxSxT, extra_BxSxD=extra_BxSxD)
+    return hidden, cache
+
+  def backbone_features(self, tokens_BxS, positions_BxS, cache: KVCache | None = None,
+                        attn_mask_BxSxT=None, feature_layers: tuple[int, ...] = (),
+                        extra_BxSxD=None):
+    """`backbone`, plus the features a feature drafter reads: the residual stream after each
+    of `feature_layers`, concatenated in that order (`[batch, seq, C]`; None without layers).
+    The same forward: no extra pass over the weights."""
     x = self.embed_tokens(tokens_BxS)
+    if extra_BxSxD is not None:
+      x = x + extra_BxSxD.astype(x.dtype)
+    wanted = feature_layer_ids(feature_layers, len(self.layers))
+    taken = {}
     key_pos = positions_BxS if cache is None else jnp.arange(cache.max_len)[None]
     mask = key_pos[:, None, :] <= positions_BxS[:, :, None]
     if attn_mask_BxSxT is not None:
@@ -182,11 +238,14 @@ class Transformer(nnx.Module):
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
       x, layer_cache = layer(x, positions_BxS, inv_freq, layer_cache, mask)
+      if i in wanted:
+        taken[i] = x
       if cache is not None:
         new_k.append(layer_cache[0])
         new_v.append(layer_cache[1])
     new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
-    return self.norm(x), new_cache
+    features = jnp.concatenate([taken[i] for i in wanted], axis=-1) if wanted else None
+    return self.norm(x), new_cache, features
 
   def head_logits(self, hidden_BxSxD):
     """Float32 logits over the head's vocabulary: `[batch, seq, R]`, R = len(draft_vocab) or V.
@@ -239,6 +298,20 @@ def grow_vocab(model: Transformer, vocab_size: int) -> Transformer:
     extra = jnp.repeat(mean, new.shape[axis] - old.shape[axis], axis=axis)
     return jnp.concatenate([old, extra.astype(old.dtype)], axis=axis)
   return nnx.merge(new_graphdef, jax.tree.map(grow, state, new_abstract))
+
+
+def add_feature_input(model: Transformer, num_feature_layers: int,
+                      feature_size: int) -> Transformer:
+  """`model` as a feature drafter reading `num_feature_layers` target layers (`feature_size`
+  values per token): its weights unchanged, the new input starting at zero (`FeatureInput`),
+  so it drafts exactly as before until trained."""
+  _, state = nnx.split(model)
+  config = model.config.replace(feature_size=feature_size,
+                                num_feature_layers=num_feature_layers)
+  graphdef, new_state = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
+  flat = dict(nnx.to_flat_state(new_state))
+  flat.update(nnx.to_flat_state(state))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> Transformer:

@@ -41,13 +41,16 @@ def sample(rng, probs_xV, greedy: bool):
   return jax.random.categorical(rng, jnp.log(probs_xV), axis=-1).astype(jnp.int32)
 
 
-def verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy: bool):
+def verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy: bool, num_verified=None):
   """Speculative acceptance (Leviathan et al., 2023: rejection sampling, lossless).
 
   Args:
     drafts_BxK: draft tokens, draft i sampled from `q_BxKxV[:, i]`.
     q_BxKxV: drafter distributions.
     p_BxK1xV: target distributions at the K draft positions plus the bonus position.
+    num_verified: verify only the leading drafts (a traced scalar in [0, K]; None = K): later
+      ones count as rejected unseen, and after all verified are accepted the token comes from
+      p at the next position. Lossless whenever the number depends on the drafts alone.
   Returns:
     num_accepted_B: leading drafts accepted, in [0, K].
     committed_BxK1: the accepted drafts followed by the correction (or bonus) token at index
@@ -59,13 +62,17 @@ def verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy: bool):
   q_draft_BxK = jnp.take_along_axis(q_BxKxV, drafts_BxK[..., None], axis=-1)[..., 0]
   u_BxK = jax.random.uniform(accept_rng, (batch, k))
   accepted_BxK = u_BxK * q_draft_BxK < p_draft_BxK
+  if num_verified is not None:
+    accepted_BxK &= jnp.arange(k)[None] < num_verified
   num_accepted_B = jnp.sum(jnp.cumprod(accepted_BxK, axis=-1), axis=-1).astype(jnp.int32)
 
-  # Residual at the first rejection: norm(max(p - q, 0)); after K accepts, p itself (q = 0).
+  # Residual at the first rejection: norm(max(p - q, 0)); after all accepted, p itself (q = 0).
   q_padded_BxK1xV = jnp.pad(q_BxKxV, ((0, 0), (0, 1), (0, 0)))
   idx = num_accepted_B[:, None, None]
   p_at_BxV = jnp.take_along_axis(p_BxK1xV, idx, axis=1)[:, 0]
   q_at_BxV = jnp.take_along_axis(q_padded_BxK1xV, idx, axis=1)[:, 0]
+  if num_verified is not None:  # a bonus token after the last verified draft: q = 0
+    q_at_BxV = jnp.where((num_accepted_B < num_verified)[:, None], q_at_BxV, 0.0)
   residual_BxV = jnp.maximum(p_at_BxV - q_at_BxV, 0.0)
   mass_B1 = jnp.sum(residual_BxV, axis=-1, keepdims=True)
   # p == q leaves no residual mass; the rejection then had probability zero, use p.

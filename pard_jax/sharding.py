@@ -28,6 +28,9 @@ LLAMA_RULES: tuple[tuple[str, P], ...] = (
     (r"mlp/down_proj/kernel$", P("tensor", "fsdp")),
     (r"lm_head/kernel$", P("fsdp", "tensor")),
     (r"(norm|layernorm|q_norm|k_norm)/weight$", P()),
+    # A feature drafter's input (`model.FeatureInput`): [C, D] projection, C-vectors.
+    (r"features/feature_proj/kernel$", P("fsdp", "tensor")),
+    (r"features/feature_(norm|stand_in)$", P()),
 )
 
 

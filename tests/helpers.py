@@ -1,16 +1,20 @@
 """Shared test helpers without torch: the repository root and configs, drafters derived from a
-model, packed batches, notebook execution. Those that need torch and transformers are
+model, packed batches, exact sampling distributions and the chi-square test, notebook
+execution. Those that need torch and transformers are
 `tests/hf_helpers.py`."""
 
 import importlib.util
+import itertools
 import pathlib
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 from flax import nnx
 
+from pard_jax import sampling
 from pard_jax.model import create_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,6 +69,37 @@ def perturbed(model, scale, seed):
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
+def feature_drafter(target, feature_layers, num_layers=1, seed=0):
+  """A feature drafter over `target`: its first `num_layers` layers, embedding and head,
+  perturbed, reading `feature_layers` through a random (not zero) projection, so that the
+  features matter."""
+  config = target.config.replace(
+      num_layers=num_layers, feature_size=len(feature_layers) * target.config.hidden_size,
+      num_feature_layers=len(feature_layers))
+  drafter = create_model(config, seed)
+  _, target_state = nnx.split(target)
+  graphdef, state = nnx.split(drafter)
+  flat = dict(nnx.to_flat_state(state))
+  for path, value in nnx.to_flat_state(target_state):
+    if path in flat and not (path[0] == "layers" and path[1] >= num_layers):
+      flat[path] = value
+  drafter = perturbed(nnx.merge(graphdef, nnx.from_flat_state(flat)), 0.2, seed)
+  key = jax.random.key(seed + 7)
+  drafter.features.feature_proj.kernel[...] = 0.5 * jax.random.normal(
+      key, drafter.features.feature_proj.kernel.shape) / np.sqrt(config.feature_size)
+  return drafter
+
+
+def without_features(drafter):
+  """The same weights without the feature input: the token-only (PARD-1) drafter."""
+  plain = create_model(drafter.config.replace(feature_size=0, num_feature_layers=0))
+  _, state = nnx.split(drafter)
+  graphdef, plain_state = nnx.split(plain)
+  flat = {path: value for path, value in nnx.to_flat_state(state) if path[0] != "features"}
+  assert set(flat) == set(dict(nnx.to_flat_state(plain_state)))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 def resized_vocab(model, vocab_size):
   """`model` with its embedding tables cut or padded (with random rows) to `vocab_size`."""
   resized = create_model(model.config.replace(vocab_size=vocab_size), seed=5)
@@ -112,3 +147,31 @@ def execute_notebook(path: pathlib.Path, parameters: dict, timeout: int = 900):
   nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                           resources={"metadata": {"path": str(ROOT)}}).execute()
   return notebook
+
+
+def exact_distribution(model, prompt, steps, top_k=0):
+  """P(first `steps` tokens) at temperature 1 by enumerating every continuation:
+  `[vocab] * steps` (tiny vocabularies only)."""
+  vocab = model.config.vocab_size
+  probs = np.ones([vocab] * steps)
+  for prefix in itertools.product(range(vocab), repeat=steps - 1):
+    seq = jnp.asarray([prompt + list(prefix)])
+    logits, _ = model(seq, jnp.arange(seq.shape[1])[None])
+    p = np.asarray(sampling.probs_from_logits(logits[0, len(prompt) - 1:], 1.0, top_k=top_k))
+    # P(x_1..x_n) = prod_t p(x_t | prompt, x_<t); row t of `p` conditions on prefix[:t].
+    head = np.prod([p[t, prefix[t]] for t in range(steps - 1)])
+    probs[prefix] = head * p[steps - 1]
+  return probs
+
+
+def chi_square_pvalue(samples, expected_probs):
+  """Goodness of fit of sampled sequences `[n, steps]` to `exact_distribution`'s table."""
+  counts = np.zeros(expected_probs.size)
+  np.add.at(counts, np.ravel_multi_index(samples.T, expected_probs.shape), 1)
+  expected = expected_probs.ravel() * len(samples)
+  big = expected >= 5  # merge sparse cells so the chi-square approximation holds
+  observed = np.append(counts[big], counts[~big].sum())
+  expected = np.append(expected[big], expected[~big].sum())
+  keep = expected > 0
+  expected = expected * observed.sum() / expected.sum()  # float32 probabilities sum to ~1
+  return scipy.stats.chisquare(observed[keep], expected[keep]).pvalue

@@ -2,13 +2,11 @@
 transformers'), sampling preserves the target distribution, and the batch bookkeeping holds."""
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
@@ -18,7 +16,7 @@ from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.errors import CheckpointError, ConfigError
 from pard_jax.model import create_model
-from tests.helpers import perturbed, resized_vocab
+from tests.helpers import chi_square_pvalue, exact_distribution, perturbed, resized_vocab
 
 TINY = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
                    num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
@@ -77,6 +75,29 @@ def test_greedy_matches_transformers_generate(arch, tmp_path):
                     max_new_tokens=12, stop_token_ids=(eos,), mask_token_ids=(
                         (MASK,) * (k - 1) if method == "pard" else ()))
     assert result.output_ids == expected, method
+
+
+@pytest.mark.parametrize("method", [pytest.param("sd", marks=pytest.mark.slow), "pard",
+                                    pytest.param("parallelspec", marks=pytest.mark.slow)])
+def test_verify_threshold_stays_exact_and_verifies_fewer(method):
+  target, drafter = tiny_pair(3)
+  # Sharper heads: random tiny models are near-uniform, so every draft would look unsure.
+  target, drafter = nnx.clone(target), nnx.clone(drafter)
+  for model in (target, drafter):
+    model.lm_head.kernel[...] = model.lm_head.kernel[...] * 30
+  prompts = [[1, 2, 3], [4, 5], [6]]
+  masks = {"pard": (MASK,), "parallelspec": (36, 37, 38)}.get(method, ())
+  ar = decode(target, None, prompts, max_new_tokens=16, stop_token_ids=(3,))
+  widths = set()
+  for threshold in (0.005, 0.05, 0.3, 0.8):
+    result = decode(target, drafter, prompts, method=method, num_draft_tokens=4,
+                    max_new_tokens=16, stop_token_ids=(3,), mask_token_ids=masks,
+                    verify_threshold=threshold)
+    assert result.output_ids == ar.output_ids, threshold
+    for accepted, verified in zip(result.accepted_drafts, result.verified_drafts):
+      assert all(a <= v <= 4 for a, v in zip(accepted, verified))
+    widths |= {v for row in result.verified_drafts for v in row}
+  assert {0, 4} <= widths and len(widths) >= 4  # the shortest, the full and others ran
 
 
 @pytest.mark.parametrize("k", [1, 4])
@@ -152,6 +173,8 @@ def test_bad_requests_get_clear_errors():
     DecodeConfig(drafter="pard")
   with pytest.raises(DecodeError, match="top_p"):
     DecodeConfig(top_p=0.0)
+  with pytest.raises(DecodeError, match=r"verify_threshold must be in \[0, 1\]"):
+    DecodeConfig(verify_threshold=2.0)
   with pytest.raises(ConfigError, match="needs 3 distinct mask ids; this drafter has 1"):
     DecodeConfig(drafter=kinds.ParallelSpecDrafter((1,)), num_draft_tokens=4)
 
@@ -259,60 +282,39 @@ SAMPLING_CFG = ModelConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=3
                            num_heads=2, num_kv_heads=1, head_dim=8)
 
 
-def _peaked(seed):
+def _peaked(seed, sharpness=40):
   """Random tiny model with confident, varied next-token distributions."""
   model = create_model(SAMPLING_CFG, seed)
-  model.lm_head.kernel[...] = model.lm_head.kernel[...] * 40
+  model.lm_head.kernel[...] = model.lm_head.kernel[...] * sharpness
   return model
 
 
-def exact_distribution(model, prompt, top_k):
-  """P(first STEPS tokens) by enumerating every continuation: `[VOCAB] * STEPS`."""
-  probs = np.ones([VOCAB] * STEPS)
-  for prefix in itertools.product(range(VOCAB), repeat=STEPS - 1):
-    seq = jnp.asarray([prompt + list(prefix)])
-    logits, _ = model(seq, jnp.arange(seq.shape[1])[None])
-    p = np.asarray(sampling.probs_from_logits(logits[0, len(prompt) - 1:], 1.0, top_k=top_k))
-    # P(x_1..x_n) = prod_t p(x_t | prompt, x_<t); row t of `p` conditions on prefix[:t].
-    head = np.prod([p[t, prefix[t]] for t in range(STEPS - 1)])
-    probs[prefix] = head * p[STEPS - 1]
-  return probs
-
-
-def chi_square_pvalue(samples, expected_probs):
-  counts = np.zeros(expected_probs.size)
-  np.add.at(counts, np.ravel_multi_index(samples.T, expected_probs.shape), 1)
-  expected = expected_probs.ravel() * len(samples)
-  big = expected >= 5  # merge sparse cells so the chi-square approximation holds
-  observed = np.append(counts[big], counts[~big].sum())
-  expected = np.append(expected[big], expected[~big].sum())
-  keep = expected > 0
-  expected = expected * observed.sum() / expected.sum()  # float32 probabilities sum to ~1
-  return scipy.stats.chisquare(observed[keep], expected[keep]).pvalue
-
-
-def _draw(method, top_k, seed=0, draft_vocab=None):
-  target, drafter = _peaked(0), _peaked(1)
+def _draw(method, top_k, seed=0, draft_vocab=None, verify_threshold=0.0):
+  # With a threshold, a less sure drafter: its confidences then fall on both sides of it.
+  target, drafter = _peaked(0), _peaked(1, 3 if verify_threshold else 40)
   drafter.config = drafter.config.replace(draft_vocab=draft_vocab)
   prompt = [1, 3]
   result = decode(target, drafter, [prompt] * SAMPLES, seed=seed, method=method,
                   num_draft_tokens=3 if method == "parallelspec" else 2, max_new_tokens=STEPS,
-                  temperature=1.0, top_k=top_k,
+                  temperature=1.0, top_k=top_k, verify_threshold=verify_threshold,
                   mask_token_ids={"pard": (4,), "parallelspec": (3, 4)}.get(method, ()))
-  return np.asarray(result.output_ids), exact_distribution(target, prompt, top_k)
+  if verify_threshold:  # the test must see short and full verifications alike
+    assert {1, 2} <= {v for row in result.verified_drafts for v in row}
+  return np.asarray(result.output_ids), exact_distribution(target, prompt, STEPS, top_k)
 
 
-@pytest.mark.parametrize("method, top_k, draft_vocab", [
-    ("sd", 0, None), ("pard", 0, None), ("sd", 3, None), ("pard", 3, None),
-    ("sd", 0, (0, 2, 3)), ("pard", 0, (1, 4)),  # restricted heads: q = 0 on other tokens
-    ("parallelspec", 0, None)])
-def test_sampling_preserves_target_distribution(method, top_k, draft_vocab):
-  samples, exact = _draw(method, top_k, draft_vocab=draft_vocab)
+@pytest.mark.parametrize("method, top_k, draft_vocab, verify_threshold", [
+    ("sd", 0, None, 0), ("pard", 0, None, 0), ("sd", 3, None, 0), ("pard", 3, None, 0),
+    ("sd", 0, (0, 2, 3), 0), ("pard", 0, (1, 4), 0),  # restricted heads: q = 0 elsewhere
+    ("parallelspec", 0, None, 0), ("sd", 0, None, 0.1), ("pard", 0, None, 0.1)])
+def test_sampling_preserves_target_distribution(method, top_k, draft_vocab, verify_threshold):
+  samples, exact = _draw(method, top_k, draft_vocab=draft_vocab,
+                         verify_threshold=verify_threshold)
   assert samples.shape == (SAMPLES, STEPS)
   assert chi_square_pvalue(samples, exact) > 1e-3
 
 
-def _wrong_verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy):
+def _wrong_verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy, num_verified=None):
   """A classic bug: after a rejection, resample from p instead of norm(max(p - q, 0))."""
   k = drafts_BxK.shape[1]
   accept_rng, fresh_rng = jax.random.split(rng)

@@ -101,9 +101,9 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
     job.run(_config(models, max_new_tokens=8, report_dir=str(directory)))
 
 
-def _accept_everything(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy):
+def _accept_everything(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy, num_verified=None):
   """A broken verification that commits every draft: outputs must stop matching ar."""
-  del rng, q_BxKxV
+  del rng, q_BxKxV, num_verified
   bonus = sampling.sample(jax.random.key(0), p_BxK1xV[:, -1], greedy)
   committed = jax.numpy.concatenate([drafts_BxK, bonus[:, None]], axis=1)
   return jax.numpy.full(drafts_BxK.shape[:1], drafts_BxK.shape[1]), committed
@@ -168,6 +168,8 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
     (dict(num_draft_tokens=(0,)), r"config.num_draft_tokens: must be integers in \[1, 64\]"),
     (dict(temperature=-1.0), "config.temperature: must be >= 0"),
     (dict(top_p=0.0), r"config.top_p: must be in \(0, 1\]"),
+    (dict(verify_threshold=1.5), r"config.verify_threshold: must be in \[0, 1\]"),
+    (dict(verify_threshold=float("nan")), r"config.verify_threshold: must be in \[0, 1\]"),
     (dict(top_k=-2), "config.top_k: must be an integer >= 0"),
     (dict(batch_size=0), "config.batch_size: must be an integer >= 1"),
     (dict(mask_token_ids=(1.5,)), r"config.mask_token_ids: must be token ids"),

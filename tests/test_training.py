@@ -119,7 +119,7 @@ def test_kl_loss_matches_a_reference_computation():
   graphdef, params = nnx.split(drafter)
   teacher_graphdef, teacher_params = nnx.split(teacher)
   step_cfg = step_lib.StepConfig(counts, (90, 91), ce_weight=0.1, kl_weight=1.0)
-  teacher_logits = step_lib.teacher_logits(teacher_params, teacher_graphdef, batch)
+  teacher_logits, _ = step_lib.teacher_outputs(teacher_params, teacher_graphdef, batch, step_cfg)
   loss, stats = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
 
   # Reference: each document on its own through the teacher; the layout through the drafter.

@@ -96,6 +96,11 @@ def parse_config(path: pathlib.Path, hf: dict[str, Any]) -> CheckpointConfig:
     drafter = drafter_kinds.from_hf(hf)
     if drafter is not None:
       drafter.check_vocab(model.vocab_size)
+    if model.feature_size or (drafter is not None and drafter.feature_layers):
+      if drafter is None:
+        raise CheckpointError("config.json: the model reads target features "
+                              "(target_feature_size) but declares no target_feature_layers")
+      drafter.check_features(model.num_feature_layers, "config.json")
   except (TypeError, ValueError) as e:  # ValueError: every error of the package, and int()'s
     raise CheckpointError(f"{path}: {e}") from e
   delta = Delta.from_hf(hf[DELTA_FIELD], path / "config.json") if DELTA_FIELD in hf else None

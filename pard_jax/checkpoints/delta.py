@@ -24,6 +24,8 @@ from pard_jax.checkpoints import assets
 from pard_jax.errors import CheckpointError
 
 DELTA_FIELD = "pard_jax_delta"
+# HF names of tensors only a drafter has (`model.FeatureInput`): stored whole.
+DRAFTER_ONLY = "model.features."
 
 Fetch = Callable[[str], np.ndarray]
 
@@ -73,6 +75,9 @@ def changes(tensors: Iterable[tuple[str, np.ndarray]], fetch_base: Fetch, base: 
   when at most `max_changed_rows` of a matrix's rows changed."""
   stored = {}
   for name, array in tensors:
+    if name.startswith(DRAFTER_ONLY):  # no base holds a feature drafter's input
+      stored[name] = array
+      continue
     original = np.asarray(fetch_base(name), array.dtype)
     grown = len(array) - len(original)
     if original.shape[1:] != array.shape[1:] or grown < 0:

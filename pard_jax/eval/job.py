@@ -120,7 +120,7 @@ def _run(spec: EvalSpec) -> EvalResult:
     configs[method, k] = DecodeConfig(
         drafter=spec.drafter_kinds[method], num_draft_tokens=k or 1,
         max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_k=spec.top_k,
-        top_p=spec.top_p, stop_token_ids=stops,
+        top_p=spec.top_p, verify_threshold=spec.verify_threshold, stop_token_ids=stops,
         shared_vocab_size=shared_vocab[spec.drafter_for(method)] if k else 0)
 
   ours = [(name, cells_lib.OURS, method, k) for name in sets for method, k in spec.cells()]

@@ -83,6 +83,7 @@ class EvalSpec:
   temperature: float
   top_k: int
   top_p: float
+  verify_threshold: float
   seed: int
   batch_size: int
   dtype: str
@@ -129,7 +130,8 @@ class EvalSpec:
     return dict(target=path(self.target), drafter=path(self.drafter),
                 sd_drafter=path(self.sd_drafter), chat_template=self.chat_template,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+                top_k=self.top_k, top_p=self.top_p, verify_threshold=self.verify_threshold,
+                seed=self.seed,
                 batch_size=self.batch_size, dtype=self.dtype,
                 mask_token_ids=list(self.mask_token_ids),
                 stop_token_ids=None if self.stop_token_ids is None else list(self.stop_token_ids),
@@ -163,6 +165,8 @@ class EvalSpec:
             f"would repeat a smaller one), got {c.seed!r}")
     require(c.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {c.temperature}")
     require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
+    require(0 <= c.verify_threshold <= 1, "verify_threshold",
+            f"must be in [0, 1] (0 = verify every draft), got {c.verify_threshold}")
     require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
     mask_ids, stop_ids = tuple(c.mask_token_ids), c.stop_token_ids
     for field, ids in (("mask_token_ids", mask_ids), ("stop_token_ids", stop_ids or ())):
@@ -232,7 +236,8 @@ class EvalSpec:
                methods=methods, draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),
                max_new_tokens=c.max_new_tokens, temperature=float(c.temperature),
-               top_k=c.top_k, top_p=float(c.top_p), seed=c.seed, batch_size=c.batch_size,
+               top_k=c.top_k, top_p=float(c.top_p),
+               verify_threshold=float(c.verify_threshold), seed=c.seed, batch_size=c.batch_size,
                dtype=c.dtype, mask_token_ids=mask_ids,
                stop_token_ids=None if stop_ids is None else tuple(stop_ids),
                cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir,

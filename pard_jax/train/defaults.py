@@ -54,6 +54,11 @@ def default_config() -> ml_collections.ConfigDict:
       mask_token_ids=(),
       r=0.7,  # COD: depth k keeps max(r**k, r_min) of the row's slots
       r_min=0.2,
+      # A feature drafter (PARD-2, P-EAGLE): the teacher's (target's) layers whose hidden
+      # states it reads, e.g. (6, 14, 22, -1); the teacher runs online beside training.
+      # () = tokens only. method "sd" with features trains the autoregressive peer.
+      feature_layers=(),
+      feature_dropout=0.0,  # share of rows trained without features (PARD-2: 0.1-0.2)
   ))
   # Renamed keys (RENAMED), None unless given.
   c.pard = ml_collections.ConfigDict(dict(

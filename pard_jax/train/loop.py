@@ -24,9 +24,10 @@ from jax.sharding import Mesh
 
 from pard_jax import checkpoints
 from pard_jax import data as data_lib
+from pard_jax import drafter_kinds as kinds
 from pard_jax import sharding as sharding_lib
 from pard_jax.errors import CheckpointError, ConfigError
-from pard_jax.model import Transformer, create_model, grow_vocab
+from pard_jax.model import Transformer, add_feature_input, create_model, grow_vocab
 from pard_jax.train import checkpointing
 from pard_jax.train import step as step_lib
 from pard_jax.train.export import export
@@ -124,6 +125,10 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   masks = kind.mask_ids(spec.drafter.num_draft_tokens)
   if masks and max(masks) >= model.config.vocab_size:
     model = grow_vocab(model, max(masks) + 1)
+  layers = spec.drafter.feature_layers
+  if layers and not model.config.feature_size:
+    width = checkpoints.read_config(spec.loss.teacher).model.hidden_size
+    model = add_feature_input(model, len(layers), len(layers) * width)
   if spec.model.draft_vocab_size:
     model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
         rows, spec.model.draft_vocab_size, model.config.vocab_size))
@@ -132,11 +137,14 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   optimizer = step_lib.make_optimizer(spec.optimizer(steps), run.trainable, masks)
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
   step_cfg = step_lib.StepConfig(
-      counts=spec.cod_counts, mask_tokens=masks, frozen_head=run.trainable == "layers",
-      ce_weight=spec.loss.ce_weight, kl_weight=spec.loss.kl_weight)
-  teacher = ()  # the teacher's parameters, the train step's 4th argument, with KL
+      counts=spec.cod_counts, mask_tokens=spec.drafter.layout_masks(kind),
+      frozen_head=run.trainable == "layers", ce_weight=spec.loss.ce_weight,
+      kl_weight=spec.loss.kl_weight, feature_layers=layers,
+      feature_dropout=spec.drafter.feature_dropout,
+      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter))
+  teacher = ()  # the teacher's parameters, the train step's 4th argument, with KL or features
   teacher_graphdef = teacher_sharding = None
-  if step_cfg.kl_weight > 0:
+  if step_cfg.uses_teacher:
     teacher_graphdef, teacher_params = nnx.split(checkpoints.load_model(
         spec.loss.teacher, dtype=spec.model.dtype, param_dtype=spec.model.param_dtype,
         mesh=mesh))

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from pard_jax import drafter_kinds as kinds
 from pard_jax import layout as layout_lib
 from pard_jax.checkpoints import assets
+from pard_jax.checkpoints.config_json import read_config
 from pard_jax.config import DTYPES, ModelConfig
 from pard_jax.errors import ConfigError, require
 from pard_jax.train import defaults
@@ -59,21 +60,32 @@ class DrafterSpec:
   mask_token_ids: tuple[int, ...]
   r: float
   r_min: float
+  feature_layers: tuple[int, ...]  # () = a token-only drafter
+  feature_dropout: float
 
-  def kind(self, vocab_size: int) -> kinds.PardDrafter | kinds.ParallelSpecDrafter:
+  def kind(self, vocab_size: int) -> kinds.DrafterKind:
     """What the run trains, as decoding reads it back from the exported config.json. A
     ParallelSpec drafter without given ids gets new rows V .. V+K-2."""
+    layers = self.feature_layers
+    if self.method == kinds.AutoregressiveDrafter.method:
+      return kinds.AutoregressiveDrafter(layers)
     if self.method == kinds.PardDrafter.method:
-      return kinds.PardDrafter(self.mask_token_ids[0])
+      return kinds.PardDrafter(self.mask_token_ids[0], layers)
     return kinds.ParallelSpecDrafter(self.mask_token_ids or tuple(
-        range(vocab_size, vocab_size + self.num_draft_tokens - 1)))
+        range(vocab_size, vocab_size + self.num_draft_tokens - 1)), layers)
+
+  def layout_masks(self, kind: kinds.DrafterKind) -> tuple[int, ...]:
+    """Depth k's input id in the training layout (the AR peer's are replaced by true tokens)."""
+    if isinstance(kind, kinds.AutoregressiveDrafter):
+      return (0,) * (self.num_draft_tokens - 1)
+    return kind.mask_ids(self.num_draft_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
   ce_weight: float
   kl_weight: float
-  teacher: pathlib.Path | None  # with kl_weight > 0: model.init unless given
+  teacher: pathlib.Path | None  # with KL or features: model.init unless given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +149,12 @@ class TrainSpec:
       require(all(0 <= i < total for i in self.model.keep_layers), "model.keep_layers",
               f"{self.model.keep_layers} must be layer indices in [0, {total}) of "
               f"{self.model.init}")
+    if self.drafter.feature_layers:
+      teacher = read_config(self.loss.teacher).model.num_layers
+      require(all(-teacher <= i < teacher for i in self.drafter.feature_layers),
+              "drafter.feature_layers", f"{list(self.drafter.feature_layers)} must be layer "
+              f"indices of the teacher {self.loss.teacher} ({teacher} layers; negative ones "
+              "count from the end)")
     if self.drafter.method == kinds.PardDrafter.method:
       require(self.drafter.mask_token_ids[0] < model_config.vocab_size,
               "drafter.mask_token_ids", f"{self.drafter.mask_token_ids[0]} is outside the model "
@@ -164,7 +182,8 @@ class TrainSpec:
     """Checks and types every value that needs nothing loaded."""
     c = _renamed_keys_read(config)
     return cls(model=_model(c.model), tokenizer=_tokenizer(c), data=_data(c.data),
-               drafter=_drafter(c.drafter, c.data.length), loss=_loss(c.loss, c.model.init),
+               drafter=_drafter(c.drafter, c.data.length),
+               loss=_loss(c.loss, c.model.init, bool(tuple(c.drafter.feature_layers))),
                train=_run(c.train), mesh_shape=_mesh_shape(c.mesh.shape),
                distributed=DistributedSpec(**c.distributed.to_dict()))
 
@@ -262,11 +281,20 @@ def _drafter(d, length: int) -> DrafterSpec:
           f"must be an integer in [1, {kinds.MAX_DRAFT_TOKENS}], got {k!r}")
   require(0.0 < d.r <= 1.0, "drafter.r", f"must be in (0, 1], got {d.r}")
   require(0.0 <= d.r_min <= 1.0, "drafter.r_min", f"must be in [0, 1], got {d.r_min}")
-  require(d.method in kinds.TRAINED_KINDS, "drafter.method",
-          f"unknown method {d.method!r}; choose from {', '.join(kinds.TRAINED_KINDS)}")
+  layers = tuple(d.feature_layers)
+  require(all(_is_int(i) for i in layers) and len(set(layers)) == len(layers),
+          "drafter.feature_layers", f"must be distinct layer indices, got {layers!r}")
+  require(0 <= d.feature_dropout < 1, "drafter.feature_dropout",
+          f"must be in [0, 1), got {d.feature_dropout}")
+  trained = kinds.TRAINED_KINDS + ((kinds.AutoregressiveDrafter.method,) if layers else ())
+  require(d.method in trained, "drafter.method",
+          f"unknown method {d.method!r}; choose from {', '.join(kinds.TRAINED_KINDS)} (and sd "
+          "with drafter.feature_layers: the autoregressive feature peer)")
   ids = tuple(d.mask_token_ids)
   valid_ids = all(_is_int(i) and i >= 0 for i in ids)
-  if d.method == kinds.PardDrafter.method:
+  if d.method == kinds.AutoregressiveDrafter.method:
+    require(not ids, "drafter.mask_token_ids", f"sd feeds no mask tokens, got {ids}")
+  elif d.method == kinds.PardDrafter.method:
     require(len(ids) == 1 and valid_ids, "drafter.mask_token_ids",
             f"pard needs one vocabulary id >= 0, e.g. (4,), got {ids!r}")
   else:
@@ -278,17 +306,19 @@ def _drafter(d, length: int) -> DrafterSpec:
   require(min(counts) >= 1, "data.length", f"{length} is too short for drafter.r={d.r}, "
           f"drafter.r_min={d.r_min}: COD keeps {counts} slots per depth")
   return DrafterSpec(method=d.method, num_draft_tokens=k, mask_token_ids=ids, r=d.r,
-                     r_min=d.r_min)
+                     r_min=d.r_min, feature_layers=layers,
+                     feature_dropout=float(d.feature_dropout))
 
 
-def _loss(loss, init: str) -> LossSpec:
+def _loss(loss, init: str, reads_features: bool) -> LossSpec:
   require(loss.ce_weight >= 0 and loss.kl_weight >= 0 and loss.ce_weight + loss.kl_weight > 0,
           "loss", f"ce_weight and kl_weight must be >= 0 and not both 0, got "
           f"{loss.ce_weight}, {loss.kl_weight}")
   teacher = None
-  if loss.kl_weight > 0:
-    require(bool(loss.teacher or init), "loss.teacher", "is required for kl_weight > 0 when "
-            "model.init is empty (a HF directory or .gguf of the target)")
+  if loss.kl_weight > 0 or reads_features:
+    require(bool(loss.teacher or init), "loss.teacher", "is required for kl_weight > 0 or "
+            "drafter.feature_layers when model.init is empty (a HF directory or .gguf of the "
+            "target)")
     teacher = assets.resolve_setting(loss.teacher or init, "loss.teacher")
     require(teacher.exists(), "loss.teacher", f"{loss.teacher or init!r} does not exist")
   return LossSpec(ce_weight=loss.ce_weight, kl_weight=loss.kl_weight, teacher=teacher)

@@ -1,5 +1,10 @@
 """The PARD train step: COD layout, next-token loss at every depth, AdamW, sharded jit.
 
+A feature drafter trains with the target online: the frozen target runs over each packed row
+and gives the features (and, with KL, the teacher's distributions). Real slots read the feature
+of the position before theirs, mask slots the learned stand-in; with `feature_dropout` a row
+gets no features at all, so the same drafter also drafts from tokens alone.
+
 The train state is a plain pytree `{"params", "opt_state", "step"}` over the NNX parameter state
 (`graphdef, params = nnx.split(model)` once, `nnx.merge` inside the step), so `jax.jit` with
 `NamedSharding`s and orbax see ordinary arrays.
@@ -68,7 +73,7 @@ def freeze_shared(mask_tokens: Sequence[int]) -> optax.GradientTransformation:
 
     def keep(path, u):
       name = sharding_lib.path_str(path)
-      if name.startswith("layers/"):
+      if name.startswith(("layers/", "features/")):  # a feature drafter's input learns too
         return u
       if name.startswith("embed_tokens/"):
         rows = np.zeros((u.shape[0], 1), np.float32)
@@ -105,10 +110,21 @@ class StepConfig:
   frozen_head: bool = False
   ce_weight: float = 1.0  # cross-entropy on the data's next tokens
   kl_weight: float = 0.0  # KL(target || drafter) at every slot; needs a teacher (PARD-2: 0.1, 1.0)
+  # A feature drafter: the teacher's (target's) layers it reads, and the share of rows that
+  # train without features (PARD-2: 0.1-0.2).
+  feature_layers: tuple[int, ...] = ()
+  feature_dropout: float = 0.0
+  # The autoregressive peer: depth-k slots hold the true token at their position instead of a
+  # mask (the drafts an AR drafter feeds itself, teacher-forced), without a target feature.
+  autoregressive: bool = False
 
   @property
   def num_draft_tokens(self) -> int:  # K: the depths of the layout
     return len(self.counts)
+
+  @property
+  def uses_teacher(self) -> bool:
+    return self.kl_weight > 0 or bool(self.feature_layers)
 
 
 def head_labels(config, labels_BxS, weights_BxS):
@@ -122,15 +138,38 @@ def head_labels(config, labels_BxS, weights_BxS):
   return jnp.maximum(index_BxS, 0), weights_BxS * (index_BxS >= 0).astype(weights_BxS.dtype)
 
 
-def teacher_logits(teacher_params, teacher_graphdef: nnx.GraphDef,
-                   batch: dict[str, jax.Array]) -> jax.Array:
-  """The teacher's next-token logits `[batch, L, V_teacher]` over the packed rows (each document
-  sees only itself), without gradient."""
+def teacher_outputs(teacher_params, teacher_graphdef: nnx.GraphDef,
+                    batch: dict[str, jax.Array], step_cfg: StepConfig):
+  """One teacher forward over the packed rows (each document sees only itself), without
+  gradient: its next-token logits `[batch, L, V_teacher]` (None without KL) and the features
+  of `step_cfg.feature_layers` `[batch, L, C]` (None without)."""
   depths_BxL = jnp.zeros_like(batch["positions"])
   mask_BxLxL = layout_lib.attention_mask(depths_BxL, batch["positions"], batch["segment_ids"])
   teacher = nnx.merge(teacher_graphdef, teacher_params)
-  logits_BxLxV, _ = teacher(batch["tokens"], batch["positions"], attn_mask_BxSxT=mask_BxLxL)
-  return jax.lax.stop_gradient(logits_BxLxV)
+  hidden_BxLxD, _, features_BxLxC = teacher.backbone_features(
+      batch["tokens"], batch["positions"], attn_mask_BxSxT=mask_BxLxL,
+      feature_layers=step_cfg.feature_layers)
+  logits_BxLxV = teacher.logits(hidden_BxLxD) if step_cfg.kl_weight > 0 else None
+  return jax.lax.stop_gradient((logits_BxLxV, features_BxLxC))
+
+
+def layout_features(model, layout: dict[str, jax.Array], features_BxLxC, row_keys_B,
+                    step_cfg: StepConfig):
+  """What the drafter adds to each slot's embedding: a real slot reads the feature of its row
+  index - 1 (the same document: position > 0), a chain slot the stand-in; rows drawn by
+  `feature_dropout` get nothing (token-only)."""
+  before_BxS = jnp.maximum(layout["index"] - 1, 0)
+  features_BxSxC = jnp.take_along_axis(features_BxLxC, before_BxS[..., None], axis=1)
+  real_BxS = (layout["depths"] == 0) & (layout["positions"] > 0)
+  extra_BxSxD = model.feature_embeddings(features_BxSxC, real_BxS)
+  if step_cfg.feature_dropout > 0:
+    keep_B = jax.vmap(lambda key: jax.random.bernoulli(
+        jax.random.fold_in(key, _DROPOUT_STREAM), 1 - step_cfg.feature_dropout))(row_keys_B)
+    extra_BxSxD = extra_BxSxD * keep_B[:, None, None].astype(extra_BxSxD.dtype)
+  return extra_BxSxD
+
+
+_DROPOUT_STREAM = 1 << 20  # the row key's stream for feature dropout (COD uses 1 .. K-1)
 
 
 def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
@@ -154,9 +193,25 @@ def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
   return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
 
 
+def layout_hidden(model, batch: dict[str, jax.Array], row_keys_B: jax.Array,
+                  step_cfg: StepConfig, features_BxLxC: jax.Array | None = None):
+  """The batch's training layout and the drafter's final hidden states over it."""
+  layout = layout_lib.build_layout(row_keys_B, batch, step_cfg.counts, step_cfg.mask_tokens)
+  if step_cfg.autoregressive:
+    layout["tokens"] = jnp.take_along_axis(batch["tokens"], layout["index"], axis=1)
+  mask_BxSxS = layout_lib.attention_mask(layout["depths"], layout["positions"],
+                                         layout["segment_ids"])
+  extra_BxSxD = (None if features_BxLxC is None else
+                 layout_features(model, layout, features_BxLxC, row_keys_B, step_cfg))
+  hidden_BxSxD, _ = model.backbone(layout["tokens"], layout["positions"],
+                                   attn_mask_BxSxT=mask_BxSxS, extra_BxSxD=extra_BxSxD)
+  return layout, hidden_BxSxD
+
+
 def layout_loss(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
                  row_keys_B: jax.Array, step_cfg: StepConfig,
-                 teacher_BxLxV: jax.Array | None = None
+                 teacher_BxLxV: jax.Array | None = None,
+                 features_BxLxC: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed weighted loss (`ce_weight` * CE + `kl_weight` * KL) over the layout, and per-depth
   sums `[K]`.
@@ -164,12 +219,8 @@ def layout_loss(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
   Sums (not means) make gradient accumulation and data parallelism exact: the step divides by
   the total weight once.
   """
-  layout = layout_lib.build_layout(row_keys_B, batch, step_cfg.counts, step_cfg.mask_tokens)
-  mask_BxSxS = layout_lib.attention_mask(layout["depths"], layout["positions"],
-                                         layout["segment_ids"])
   model = nnx.merge(graphdef, params)
-  hidden_BxSxD, _ = model.backbone(layout["tokens"], layout["positions"],
-                                   attn_mask_BxSxT=mask_BxSxS)
+  layout, hidden_BxSxD = layout_hidden(model, batch, row_keys_B, step_cfg, features_BxLxC)
   head = nnx.merge(graphdef, jax.lax.stop_gradient(params)) if step_cfg.frozen_head else model
   logits_BxSxR = head.head_logits(hidden_BxSxD)
   labels_BxS, weights_BxS = head_labels(model.config, layout["labels"], layout["weights"])
@@ -198,8 +249,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
 
   Chunk c takes rows c, c + accum_steps, ... so every chunk stays split over the data axes. Each
   row's COD sample depends only on (rng, step, row), so accumulation does not change the layout.
-  With `step_cfg.kl_weight > 0` the teacher (a frozen model, usually the target) runs on each
-  chunk.
+  With `step_cfg.uses_teacher` (KL or features) the teacher (a frozen model, usually the
+  target) runs on each chunk.
   """
   def chunk(x):  # [batch, ...] -> [accum_steps, batch / accum_steps, ...]
     return x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1)
@@ -208,16 +259,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   row_keys_B = jax.random.split(jax.random.fold_in(rng, state["step"]),
                                 batch["tokens"].shape[0])
 
-  use_teacher = step_cfg.kl_weight > 0
+  use_kl = step_cfg.kl_weight > 0
 
   def accumulate(carry, xs):
     micro_batch, micro_keys = xs
-    teacher = (teacher_logits(teacher_params, teacher_graphdef, micro_batch) if use_teacher
-               else None)
-    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, step_cfg, teacher)
+    teacher, features = (teacher_outputs(teacher_params, teacher_graphdef, micro_batch, step_cfg)
+                         if step_cfg.uses_teacher else (None, None))
+    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, step_cfg, teacher,
+                           features)
     return jax.tree.map(jnp.add, carry, (grads, stats)), None
 
-  stat_names = ("nll", "correct", "count") + (("kl",) if use_teacher else ())
+  stat_names = ("nll", "correct", "count") + (("kl",) if use_kl else ())
   zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
            {k: jnp.zeros((step_cfg.num_draft_tokens,), jnp.float32) for k in stat_names})
   (grads, stats), _ = jax.lax.scan(
@@ -231,7 +283,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   metrics = dict(loss_per_depth=stats["nll"] / count_K,
                  accuracy_per_depth=stats["correct"] / count_K, tokens_per_depth=stats["count"],
                  grad_norm=optax.tree.norm(grads))
-  if use_teacher:
+  if use_kl:
     loss = loss + step_cfg.kl_weight * jnp.sum(stats["kl"])
     metrics["kl_per_depth"] = stats["kl"] / count_K
   metrics["loss"] = loss / total

@@ -1,0 +1,182 @@
+"""Target-feature drafters (PARD-2 / P-EAGLE style): exact decoding with the parallel kinds
+(one shared mask, distinct masks) and the autoregressive peer, the features the loop carries,
+token-only ("dual") mode, and refusal of a target the drafter was not built for."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pard_jax import drafter_kinds as kinds
+from pard_jax import drafting, layout
+from pard_jax.config import ModelConfig
+from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
+from pard_jax.model import create_model
+from pard_jax.train import step as step_lib
+from tests.helpers import (chi_square_pvalue, exact_distribution, feature_drafter, packed_batch,
+                           without_features)
+
+TARGET = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=3,
+                     num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
+LAYERS = (0, -1)
+MASKS = {"pard": (39,), "parallelspec": (36, 37, 38), "sd": ()}
+KINDS = {"pard": kinds.PardDrafter(39, LAYERS),
+         "parallelspec": kinds.ParallelSpecDrafter((36, 37, 38), LAYERS),
+         "sd": kinds.AutoregressiveDrafter(LAYERS)}
+
+
+@functools.lru_cache(maxsize=None)
+def models(seed=0):
+  target = create_model(TARGET, seed)
+  return target, feature_drafter(target, LAYERS, num_layers=1, seed=seed + 1)
+
+
+def generate(target, drafter, kind, prompts, **settings):
+  cfg = DecodeConfig(drafter=kind, **settings)
+  return SpeculativeDecoder(target, drafter, cfg).generate(prompts, seed=settings.get("seed", 0))
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method, verify_threshold", [
+    ("pard", 0.0), ("sd", 0.05), pytest.param("pard", 0.05, marks=SLOW),
+    pytest.param("parallelspec", 0.0, marks=SLOW), ("parallelspec", 0.05),
+    pytest.param("sd", 0.0, marks=SLOW)])
+def test_greedy_feature_drafting_equals_autoregressive(method, verify_threshold):
+  target, drafter = models()
+  prompts = [[1, 2, 3, 4], [5], [6, 7]]
+  common = dict(max_new_tokens=14, stop_token_ids=(3,))
+  ar = generate(target, None, kinds.NoDrafter(), prompts, **common)
+  spec = generate(target, drafter, KINDS[method], prompts, num_draft_tokens=4,
+                  verify_threshold=verify_threshold, **common)
+  assert spec.output_ids == ar.output_ids
+
+
+def test_features_change_the_drafts():
+  """The features reach the drafter: without them the same weights draft differently."""
+  target, drafter = models()
+  prompts = [[1, 2, 3, 4], [5, 9, 9]]
+  settings = dict(num_draft_tokens=4, max_new_tokens=12)
+  with_them = generate(target, drafter, KINDS["pard"], prompts, **settings)
+  alone = generate(target, drafter, KINDS["pard"].without_features(), prompts, **settings)
+  assert with_them.accepted_drafts != alone.accepted_drafts
+
+
+def test_loop_carries_the_targets_features():
+  """After decoding, the feature buffer holds at every committed position what a fresh target
+  forward over the whole output gives there."""
+  target, drafter = models()
+  prompts = [[1, 2, 3, 4, 5], [6, 7]]
+  cfg = DecodeConfig(drafter=KINDS["pard"], num_draft_tokens=3, max_new_tokens=10)
+  decoder = SpeculativeDecoder(target, drafter, cfg)
+  run = decoder._executable(2, 5)  # pylint: disable=protected-access
+  tokens = np.zeros((2, 15), np.int32)
+  for row, prompt in enumerate(prompts):
+    tokens[row, :len(prompt)] = prompt
+  state = run(target_params=decoder.target_params, drafter_params=decoder.drafter_params,
+              tokens_BxT=jnp.asarray(tokens), prompt_lengths_B=jnp.asarray([5, 2], jnp.int32),
+              rng=jax.random.key(0))
+  for row in range(2):
+    length = int(state.lengths_B[row])
+    sequence = state.tokens_BxT[row:row + 1, :length]
+    _, _, fresh = target.backbone_features(sequence, jnp.arange(length)[None],
+                                           feature_layers=LAYERS)
+    # The last committed token is pending: the target has not run on it yet.
+    np.testing.assert_allclose(state.features_BxTxC[row, :length - 1], fresh[0, :length - 1],
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_token_only_mode_is_the_pard1_path():
+  """Dual mode: a feature drafter decoded without features drafts exactly as the same weights
+  without the feature input (a PARD-1 drafter)."""
+  target, drafter = models()
+  prompts = [[1, 2, 3], [4, 5, 6, 7]]
+  settings = dict(num_draft_tokens=4, max_new_tokens=12)
+  dual = generate(target, drafter, KINDS["pard"].without_features(), prompts, **settings)
+  plain = generate(target, without_features(drafter), kinds.PardDrafter(39), prompts,
+                   **settings)
+  assert dual.accepted_drafts == plain.accepted_drafts
+  assert dual.output_ids == plain.output_ids
+
+
+SAMPLING = ModelConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_layers=2,
+                       num_heads=2, num_kv_heads=1, head_dim=8)
+
+
+@pytest.mark.parametrize("method", ["pard", pytest.param("sd", marks=SLOW)])
+def test_feature_sampling_preserves_target_distribution(method):
+  target = create_model(SAMPLING, 0)
+  target.lm_head.kernel[...] = target.lm_head.kernel[...] * 40
+  drafter = feature_drafter(target, (0, 1), num_layers=1, seed=1)
+  drafter.lm_head.kernel[...] = drafter.lm_head.kernel[...] * 10
+  kind = {"pard": kinds.PardDrafter(4, (0, 1)), "sd": kinds.AutoregressiveDrafter((0, 1))}[method]
+  prompt, steps = [1, 3], 3
+  result = generate(target, drafter, kind, [prompt] * 6000, num_draft_tokens=2,
+                    max_new_tokens=steps, temperature=1.0)
+  samples = np.asarray(result.output_ids)
+  assert chi_square_pvalue(samples, exact_distribution(target, prompt, steps)) > 1e-3
+
+
+@pytest.mark.parametrize("layers, hidden, message", [
+    ((0, 5), 32, r"reads target layers \[0, 5\], but the target has 3 layers"),
+    ((0, 1), 48, r"2 layers of this target give 2 x 48 = 96: it was trained for another"),
+])
+def test_a_target_the_drafter_was_not_built_for_is_refused(layers, hidden, message):
+  target = create_model(TARGET.replace(hidden_size=hidden), 0)
+  _, drafter = models()
+  with pytest.raises(DecodeError, match=message):
+    SpeculativeDecoder(target, drafter, DecodeConfig(drafter=kinds.PardDrafter(39, layers)))
+
+
+def test_feature_kinds_round_trip_through_config_json():
+  for kind in KINDS.values():
+    assert kinds.from_hf(kind.to_hf()) == kind
+    assert kinds.for_method(kind.method, kind) == kind
+  assert kinds.for_method("pard", KINDS["pard"], (38,)) == kinds.PardDrafter(38, LAYERS)
+
+
+@pytest.mark.parametrize("method", ["pard", pytest.param("parallelspec", marks=SLOW), "sd"])
+def test_training_layout_logits_equal_inference_logits(method):
+  """Each slot of the training layout, with features from the online target, gives the logits
+  of the input decoding feeds the drafter for that draft: real tokens with the features of
+  their previous positions, then the masks (or, for the AR peer, the drafted tokens)."""
+  target, drafter = models()
+  masks = {"pard": (39,) * 3, "parallelspec": (36, 37, 38), "sd": (39,) * 3}[method]
+  length, counts = 14, layout.cod_counts(14, 4, 0.8, 0.3)
+  batch = packed_batch([[9, 5]], length, seed=3, vocab=36)
+  step_cfg = step_lib.StepConfig(counts, masks, feature_layers=LAYERS,
+                                 autoregressive=method == "sd")
+  _, features = step_lib.teacher_outputs(nnx.split(target)[1], nnx.split(target)[0], batch,
+                                         step_cfg)
+  keys = jax.random.split(jax.random.key(5), 1)
+  out, hidden = step_lib.layout_hidden(drafter, batch, keys, step_cfg, features)
+  logits = drafter.logits(hidden)
+  queries = [(s, d, t, int(batch["positions"][0, t]))
+             for s, (d, t) in enumerate(zip(out["depths"][0].tolist(), out["index"][0].tolist()))
+             if d and batch["positions"][0, t] >= d]
+  assert len(queries) >= 10
+  # Each query's inference input, right-padded (causal: padding is never seen), and the
+  # target's features by position within its document, as the loop keeps them.
+  inputs = np.zeros((len(queries), length), np.int32)
+  doc_features = np.zeros((len(queries), length, features.shape[-1]), np.float32)
+  real = np.zeros((len(queries), length), bool)
+  for i, (_, d, t, p) in enumerate(queries):
+    start = t - p  # the document's first row index
+    chain = (batch["tokens"][0, t - d + 1:t + 1].tolist() if method == "sd"
+             else list(masks[:d]))
+    inputs[i, :p + 1] = batch["tokens"][0, start:t - d + 1].tolist() + chain
+    doc_features[i, :p + 1] = features[0, start:start + p + 1]
+    real[i, :p - d + 1] = True
+  positions = jnp.broadcast_to(jnp.arange(length), inputs.shape)
+
+  @jax.jit
+  def inference_logits(inputs, features, real):
+    extra = drafting.feature_input(drafter, features, positions, real)
+    return drafter.logits(drafter.backbone(inputs, positions, extra_BxSxD=extra)[0])
+  expected = inference_logits(inputs, doc_features, real)
+  for i, (s, _, _, p) in enumerate(queries):
+    np.testing.assert_allclose(logits[0, s], expected[i, p], atol=3e-5, rtol=3e-5)
