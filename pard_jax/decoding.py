@@ -33,7 +33,6 @@ from flax import nnx
 from pard_jax import drafter_kinds as kinds
 from pard_jax import drafting, sampling
 from pard_jax.errors import DecodeError
-from pard_jax.config import ModelConfig
 from pard_jax.model import KVCache, Transformer, init_cache
 
 
@@ -328,23 +327,6 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, tar
 _STATIC = ("cfg", "target_def", "drafter_def", "prompt_len")
 
 
-def check_feature_layout(kind: kinds.DrafterKind, drafter: ModelConfig,
-                         target: ModelConfig) -> None:
-  """A feature drafter must read as many features, as wide, as the target gives."""
-  layers = kind.feature_layers
-  if not layers:
-    return
-  if not all(-target.num_layers <= i < target.num_layers for i in layers):
-    raise DecodeError(f"the drafter reads target layers {list(layers)}, but the target has "
-                      f"{target.num_layers} layers")
-  if drafter.feature_size != len(layers) * target.hidden_size:
-    raise DecodeError(
-        f"the drafter reads {drafter.feature_size} feature values per token "
-        f"(target_feature_size), but {len(layers)} layers of this target give "
-        f"{len(layers)} x {target.hidden_size} = {len(layers) * target.hidden_size}: it was "
-        "trained for another target")
-
-
 @dataclasses.dataclass
 class DecodeResult:
   """Per-row outputs of one `generate` call (generated ids end at and include a stop token)."""
@@ -394,7 +376,9 @@ class SpeculativeDecoder:
         if not 0 <= token < drafter_vocab:
           raise DecodeError(f"mask token id {token} is outside the drafter's vocabulary "
                             f"[0, {drafter_vocab})")
-      check_feature_layout(cfg.drafter, drafter.config, target.config)
+      error = kinds.feature_layout_error(cfg.drafter, drafter.config, target.config)
+      if error:
+        raise DecodeError(error)
     else:
       drafter = None
     for token in cfg.stop_token_ids:

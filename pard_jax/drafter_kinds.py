@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Sequence
 
+from pard_jax.config import ModelConfig
 from pard_jax.errors import CheckpointError, ConfigError
 
 # K, the drafts per iteration, for decoding and training alike.
@@ -171,6 +172,23 @@ KINDS: dict[str, type[DrafterKind]] = {
 METHODS = tuple(KINDS)
 # The kinds a training run produces (`drafter.kind` of the training config).
 TRAINED_KINDS = (PardDrafter.method, ParallelSpecDrafter.method)
+
+
+def feature_layout_error(kind: DrafterKind, drafter: ModelConfig,
+                         target: ModelConfig) -> str | None:
+  """Why a feature drafter cannot read this target's features (None: it can)."""
+  layers = kind.feature_layers
+  if not layers:
+    return None
+  if not all(-target.num_layers <= i < target.num_layers for i in layers):
+    return (f"the drafter reads target layers {list(layers)}, but the target has "
+            f"{target.num_layers} layers")
+  if drafter.feature_size != len(layers) * target.hidden_size:
+    return (f"the drafter reads {drafter.feature_size} feature values per token "
+            f"(target_feature_size), but {len(layers)} layers of this target give "
+            f"{len(layers)} x {target.hidden_size} = {len(layers) * target.hidden_size}: it was "
+            "trained for another target")
+  return None
 
 
 def _declares(declared: DrafterKind | None) -> str:

@@ -78,7 +78,7 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
   lines = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert len(lines) == 25 and lines[0]["prompt"].endswith("prompts.jsonl:1")
   assert {"set", "method", "num_draft_tokens", "output_ids", "accept_lengths", "accepted_drafts",
-          "num_iterations", "seconds"} <= set(lines[0])
+          "verified_drafts", "num_iterations", "seconds"} <= set(lines[0])
 
   # A rerun decodes only what is missing: here the new K=4 cells.
   ran = []

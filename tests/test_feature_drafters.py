@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from pard_jax import checkpoints, drafting, layout
 from pard_jax import drafter_kinds as kinds
-from pard_jax import drafting, layout
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
+from pard_jax.errors import ConfigError
+from pard_jax.eval.spec import EvalSpec
 from pard_jax.model import create_model
 from pard_jax.train import step as step_lib
-from tests.helpers import (chi_square_pvalue, exact_distribution, feature_drafter, packed_batch,
-                           without_features)
+from tests.helpers import (ROOT, chi_square_pvalue, exact_distribution, feature_drafter,
+                           load_config, packed_batch, without_features)
 
 TARGET = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=3,
                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
@@ -180,3 +182,32 @@ def test_training_layout_logits_equal_inference_logits(method):
   expected = inference_logits(inputs, doc_features, real)
   for i, (s, _, _, p) in enumerate(queries):
     np.testing.assert_allclose(logits[0, s], expected[i, p], atol=3e-5, rtol=3e-5)
+
+
+def test_feature_drafter_round_trips_as_hf_directory_and_delta(tmp_path):
+  target, drafter = models()
+  checkpoints.save_hf(target, tmp_path / "target")
+  checkpoints.save_hf(drafter, tmp_path / "hf", drafter=KINDS["pard"])
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "target", keep_layers=(0,),
+                         dtype="float32", drafter=KINDS["pard"])
+  for path in (tmp_path / "hf", tmp_path / "delta"):
+    declared = checkpoints.read_config(path)
+    assert declared.drafter == KINDS["pard"] and declared.model.num_feature_layers == 2
+    loaded = checkpoints.load_model(path)
+    for (name, a), (_, b) in zip(nnx.to_flat_state(nnx.state(drafter)),
+                                 nnx.to_flat_state(nnx.state(loaded))):
+      np.testing.assert_allclose(a[...], b[...], atol=1e-6, err_msg=str(name))
+
+
+def test_decode_py_refuses_a_target_without_the_drafters_features(tmp_path, no_model_loading):
+  _, drafter = models()
+  checkpoints.save_hf(create_model(TARGET.replace(hidden_size=48, head_dim=12), 0),
+                      tmp_path / "other")
+  checkpoints.save_hf(drafter, tmp_path / "drafter", drafter=KINDS["pard"])
+  config = load_config("configs/decode.py")
+  config.update(dict(target=str(tmp_path / "other"), drafter=str(tmp_path / "drafter"),
+                     method="pard", prompts=str(ROOT / "data/prompts/chat.jsonl")))
+  with pytest.raises(ConfigError, match=r"config.target: the drafter reads 64 feature values"):
+    EvalSpec.from_config(config)
+  config.use_target_features = False  # token-only: any target of the vocabulary will do
+  assert EvalSpec.from_config(config).drafter_kinds["pard"] == kinds.PardDrafter(39)

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
@@ -211,6 +212,34 @@ def test_parallelspec_and_kl_settings_are_checked():
     TrainSpec.from_config(config)
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(feature_layers=(1, 1)), "config.drafter.feature_layers: must be distinct layer indices"),
+    (dict(feature_layers=(0,), feature_dropout=1.0),
+     r"config.drafter.feature_dropout: must be in \[0, 1\)"),
+    (dict(method="sd"), "config.drafter.method: unknown method 'sd'.*sd with drafter.feature_"),
+    (dict(method="sd", feature_layers=(0,), mask_token_ids=(4,)),
+     "config.drafter.mask_token_ids: sd feeds no mask tokens"),
+    (dict(feature_layers=(0,)), "config.loss.teacher: is required for kl_weight > 0 or "
+     "drafter.feature_layers"),
+])
+def test_feature_drafter_settings_are_checked(settings, message):
+  config = tiny_train_config()
+  config.drafter.update(settings)
+  with pytest.raises(ConfigError, match=message):
+    TrainSpec.from_config(config)
+
+
+def test_feature_layers_outside_the_teacher_are_named_before_loading(tmp_path):
+  checkpoints.save_hf(create_model(CONFIG), tmp_path / "target")
+  config = tiny_train_config()
+  config.model.init = str(tmp_path / "target")
+  config.drafter.feature_layers = (0, CONFIG.num_layers)
+  spec = TrainSpec.from_config(config)
+  with pytest.raises(ConfigError, match=r"config.drafter.feature_layers: \[0, 2\] must be "
+                     r"layer indices of the teacher"):
+    spec.check_model(checkpoints.read_config(tmp_path / "target").model)
+
+
 def test_batch_must_divide_data_parallel_mesh():
   config = tiny_train_config(batch_size=6)
   with pytest.raises(ConfigError, match="config.train.batch_size.*mesh size 4"):
@@ -268,6 +297,39 @@ def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
                      prompts=str(ROOT / "data/prompts/chat.jsonl"), max_prompts=2))
   cell = job.run(decode).cell("chat", "parallelspec", 4)
   assert cell.identical_to_ar == 2 and cell.tau > 1.2, cell
+
+
+@pytest.mark.slow
+def test_tiny_feature_drafter_trains_with_its_target_online_and_decodes(tmp_path):
+  """PARD-2 in small: a 1-layer cut reading two target layers, CE + KL with the target online,
+  feature dropout; exported as a delta whose metadata is all decode.py needs."""
+  loop.train(tiny_train_config(num_steps=30, log_every=10, checkpoint_every=30),
+             str(tmp_path / "target"))
+  target = tmp_path / "target" / "hf"
+  config = tiny_train_config(num_steps=20, log_every=10, checkpoint_every=20)
+  config.model.init = str(target)
+  config.model.keep_layers = (0,)
+  config.drafter.feature_layers = (0, -1)
+  config.drafter.feature_dropout = 0.2
+  config.loss.update(dict(ce_weight=0.1, kl_weight=1.0))
+  config.train.trainable = "layers"
+  history = loop.train(config, str(tmp_path / "drafter"))
+  assert history[-1]["loss"] < history[0]["loss"]
+  delta = checkpoints.read_config(tmp_path / "drafter" / "delta")
+  assert delta.drafter == kinds.PardDrafter(4, (0, -1))
+  assert (delta.model.feature_size, delta.model.num_feature_layers) == (128, 2)
+  drafter = checkpoints.load_model(tmp_path / "drafter" / "delta")
+  assert float(jnp.abs(drafter.features.feature_proj.kernel[...]).max()) > 0  # it learned
+  # transformers loads the body (and leaves the feature input, which it does not know, aside).
+  body = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "drafter" / "hf")
+  assert body.config.num_hidden_layers == 1
+
+  decode = load_config("configs/decode.py")
+  decode.update(dict(target=str(target), drafter=str(tmp_path / "drafter" / "delta"),
+                     method="pard", num_draft_tokens=(4,), max_new_tokens=16,
+                     prompts=str(ROOT / "data/prompts/chat.jsonl"), max_prompts=2))
+  cell = job.run(decode).cell("chat", "pard", 4)
+  assert cell.identical_to_ar == 2, cell
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -90,6 +90,7 @@ def run_cell(decoder: SpeculativeDecoder, prompts: Sequence[Sequence[int]], batc
         rows.append(dict(output_ids=result.output_ids[i],
                          accept_lengths=result.accept_lengths[i],
                          accepted_drafts=result.accepted_drafts[i],
+                         verified_drafts=result.verified_drafts[i],
                          num_iterations=result.num_iterations[i],
                          num_drafted=result.num_drafted[i],
                          seconds=result.seconds / len(batch)))

@@ -84,6 +84,7 @@ class EvalSpec:
   top_k: int
   top_p: float
   verify_threshold: float
+  use_target_features: bool  # False: a feature drafter drafts from tokens alone
   seed: int
   batch_size: int
   dtype: str
@@ -131,7 +132,7 @@ class EvalSpec:
                 sd_drafter=path(self.sd_drafter), chat_template=self.chat_template,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                 top_k=self.top_k, top_p=self.top_p, verify_threshold=self.verify_threshold,
-                seed=self.seed,
+                use_target_features=self.use_target_features, seed=self.seed,
                 batch_size=self.batch_size, dtype=self.dtype,
                 mask_token_ids=list(self.mask_token_ids),
                 stop_token_ids=None if self.stop_token_ids is None else list(self.stop_token_ids),
@@ -226,8 +227,13 @@ class EvalSpec:
     for method in methods:
       path = sd_drafter if method == "sd" else drafter
       declared = models[path].drafter if path in models else None
-      kind = drafter_kinds[method] = kinds.for_method(method, declared, mask_ids)
+      kind = kinds.for_method(method, declared, mask_ids)
+      if not c.use_target_features:
+        kind = kind.without_features()
+      drafter_kinds[method] = kind
       if kind.uses_drafter:
+        error = kinds.feature_layout_error(kind, models[path].model, models[target].model)
+        require(error is None, "target", f"{error} ({path} over {target})")
         drafter_vocab = models[path].model.vocab_size
         for token in {t for k in ks for t in kind.mask_ids(k)}:
           require(token < drafter_vocab, "mask_token_ids",
@@ -237,7 +243,8 @@ class EvalSpec:
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),
                max_new_tokens=c.max_new_tokens, temperature=float(c.temperature),
                top_k=c.top_k, top_p=float(c.top_p),
-               verify_threshold=float(c.verify_threshold), seed=c.seed, batch_size=c.batch_size,
+               verify_threshold=float(c.verify_threshold),
+               use_target_features=bool(c.use_target_features), seed=c.seed, batch_size=c.batch_size,
                dtype=c.dtype, mask_token_ids=mask_ids,
                stop_token_ids=None if stop_ids is None else tuple(stop_ids),
                cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir,

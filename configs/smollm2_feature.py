@@ -1,0 +1,46 @@
+r"""A target-feature drafter for SmolLM2-135M-Instruct (PARD-2 style), trained with the target
+online, on the same distilled answers as the token-only cut (`configs/smollm2_drafter.py`).
+
+  python distill.py --config=configs/distill.py                                    # the data
+  python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature
+  python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature_sd \
+      --config.drafter.method=sd --config.drafter.mask_token_ids='()'            # AR peer
+
+The drafter keeps one of the target's 30 layers (layer 0) and shares its embedding, final norm
+and head, frozen. It reads the target's residual stream after layers 6, 14 and 22 and its last
+layer (`drafter.feature_layers`), normalised per layer and projected, from zero, onto its token
+embeddings; mask slots get a learned stand-in. Each train step runs the frozen target over the
+packed rows for those features. One row in ten trains without features, so the same drafter
+also drafts from tokens alone (decode it with the PARD-1 kind). Cross-entropy only: the answers
+are the target's own greedy outputs, and the teacher's 49k-way head would add about 40% to a
+step here (`loss.kl_weight`: PARD-2 uses ce 0.1, kl 1.0).
+
+`drafter.method=sd` trains the autoregressive peer on the same data and budget: the same body
+drafting one token per forward, its drafted tokens carrying the stand-in feature.
+"""
+
+from configs import DATA, SMOLLM2_GGUF
+from pard_jax.train import defaults
+
+
+def get_config():
+  config = defaults.default_config()
+  config.model.init = SMOLLM2_GGUF
+  config.model.keep_layers = (0,)
+  config.model.draft_vocab_size = 8192
+  config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
+  config.data.source = str(DATA / "distill/smollm2_sharegpt.jsonl")
+  config.data.length = 256
+  config.drafter.num_draft_tokens = 4
+  config.drafter.mask_token_ids = (16,)
+  config.drafter.feature_layers = (6, 14, 22, -1)
+  config.drafter.feature_dropout = 0.1
+  config.train.trainable = "layers"
+  config.train.batch_size = 8
+  config.train.num_epochs = 3
+  config.train.learning_rate = 5e-4
+  config.train.schedule = "cosine"
+  config.train.warmup_steps = 20
+  config.train.log_every = 10
+  config.train.checkpoint_every = 25
+  return config
