@@ -164,8 +164,7 @@ class LoopState:
   draft_lengths_B: jax.Array  # the drafter's cache is valid on [0, draft_lengths_B)
   target_cache: KVCache  # valid on [0, lengths_B - 1)
   drafter_cache: KVCache | None  # None for `ar`
-  features_BxTxC: jax.Array | None  # the target's features by position; None but for a
-  # feature drafter
+  features_BxTxC: jax.Array | None  # the target's features by position (feature drafters)
   rng: jax.Array
   done_B: jax.Array  # the row hit a stop token or max_new_tokens
   num_iterations_B: jax.Array  # iterations in which the row was still active
@@ -241,7 +240,6 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
     sure_BxK = jnp.cumprod(drafts.confidence_BxK, axis=1) >= cfg.verify_threshold
     # One forward serves the batch: its width is the widest any active row asks for.
     num_verified = jnp.max(jnp.where(active_B, jnp.sum(sure_BxK, axis=1), 0))
-
     logits_BxK1xV, target_cache, features_BxK1xC = jax.lax.switch(
         num_verified, [functools.partial(verify_forward, width=width)
                        for width in range(1, k + 2)], s.target_cache)
@@ -278,7 +276,8 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
       k if num_verified is None else num_verified, mode="drop")
   return LoopState(tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
                    target_cache=target_cache, drafter_cache=drafter_cache,
-                   features_BxTxC=features_BxTxC, rng=rng, done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
+                   features_BxTxC=features_BxTxC, rng=rng, done_B=done_B,
+                   num_iterations_B=s.num_iterations_B + active_B,
                    accept_lengths_BxN=accept_lengths_BxN,
                    accepted_drafts_BxN=accepted_drafts_BxN,
                    verified_drafts_BxN=verified_drafts_BxN)

@@ -77,8 +77,8 @@ def test_greedy_matches_transformers_generate(arch, tmp_path):
     assert result.output_ids == expected, method
 
 
-@pytest.mark.parametrize("method", [pytest.param("sd", marks=pytest.mark.slow), "pard",
-                                    pytest.param("parallelspec", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sd", "pard", "parallelspec"])
 def test_verify_threshold_stays_exact_and_verifies_fewer(method):
   target, drafter = tiny_pair(3)
   # Sharper heads: random tiny models are near-uniform, so every draft would look unsure.

@@ -40,9 +40,10 @@ def models(tmp_path_factory):
 
 def _config(models, **overrides):
   config = load_config("configs/decode.py")
+  # Every draft verified: a tiny random drafter is never sure enough for the default threshold.
   config.update(dict(target=str(models / "target"), drafter=str(models / "drafter"),
                      prompts=str(models / "prompts.jsonl"), max_new_tokens=NEW,
-                     method="ar", max_prompts=0, stop_token_ids=()))
+                     method="ar", max_prompts=0, stop_token_ids=(), verify_threshold=0.0))
   config.update(overrides)
   return config
 

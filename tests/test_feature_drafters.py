@@ -45,7 +45,7 @@ SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("method, verify_threshold", [
-    ("pard", 0.0), ("sd", 0.05), pytest.param("pard", 0.05, marks=SLOW),
+    ("pard", 0.0), pytest.param("sd", 0.05, marks=SLOW), pytest.param("pard", 0.05, marks=SLOW),
     pytest.param("parallelspec", 0.0, marks=SLOW), ("parallelspec", 0.05),
     pytest.param("sd", 0.0, marks=SLOW)])
 def test_greedy_feature_drafting_equals_autoregressive(method, verify_threshold):
@@ -109,7 +109,8 @@ SAMPLING = ModelConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_l
                        num_heads=2, num_kv_heads=1, head_dim=8)
 
 
-@pytest.mark.parametrize("method", ["pard", pytest.param("sd", marks=SLOW)])
+@pytest.mark.parametrize("method", [pytest.param("pard", marks=SLOW),
+                                    pytest.param("sd", marks=SLOW)])
 def test_feature_sampling_preserves_target_distribution(method):
   target = create_model(SAMPLING, 0)
   target.lm_head.kernel[...] = target.lm_head.kernel[...] * 40
@@ -141,7 +142,8 @@ def test_feature_kinds_round_trip_through_config_json():
   assert kinds.for_method("pard", KINDS["pard"], (38,)) == kinds.PardDrafter(38, LAYERS)
 
 
-@pytest.mark.parametrize("method", ["pard", pytest.param("parallelspec", marks=SLOW), "sd"])
+@pytest.mark.parametrize("method", ["pard", pytest.param("parallelspec", marks=SLOW),
+                                    pytest.param("sd", marks=SLOW)])
 def test_training_layout_logits_equal_inference_logits(method):
   """Each slot of the training layout, with features from the online target, gives the logits
   of the input decoding feeds the drafter for that draft: real tokens with the features of

@@ -272,7 +272,8 @@ def test_tiny_run_learns_and_exports(tmp_path):
   prompts.write_text('{"prompt": "Spell the word river."}\n{"prompt": "What color is the sky?"}\n')
   decode = load_config("configs/decode.py")
   decode.update(dict(target=str(tmp_path / "hf"), drafter=str(tmp_path / "hf"), method="pard",
-                     num_draft_tokens=(4,), prompts=str(prompts), max_new_tokens=24))
+                     num_draft_tokens=(4,), prompts=str(prompts), max_new_tokens=24,
+                     verify_threshold=0.0))  # τ of the drafter itself: every draft verified
   result = job.run(decode)
   pard = result.cell("prompts", "pard", 4)
   assert pard.identical_to_ar == 2 and pard.tau > 1.5, pard
@@ -294,7 +295,8 @@ def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
   decode = load_config("configs/decode.py")
   decode.update(dict(target=str(tmp_path / "hf"), drafter=str(tmp_path / "hf"),
                      method="parallelspec", num_draft_tokens=(4,), max_new_tokens=24,
-                     prompts=str(ROOT / "data/prompts/chat.jsonl"), max_prompts=2))
+                     prompts=str(ROOT / "data/prompts/chat.jsonl"), max_prompts=2,
+                     verify_threshold=0.0))
   cell = job.run(decode).cell("chat", "parallelspec", 4)
   assert cell.identical_to_ar == 2 and cell.tau > 1.2, cell
 

@@ -244,8 +244,8 @@ class EvalSpec:
                max_new_tokens=c.max_new_tokens, temperature=float(c.temperature),
                top_k=c.top_k, top_p=float(c.top_p),
                verify_threshold=float(c.verify_threshold),
-               use_target_features=bool(c.use_target_features), seed=c.seed, batch_size=c.batch_size,
-               dtype=c.dtype, mask_token_ids=mask_ids,
+               use_target_features=bool(c.use_target_features), seed=c.seed,
+               batch_size=c.batch_size, dtype=c.dtype, mask_token_ids=mask_ids,
                stop_token_ids=None if stop_ids is None else tuple(stop_ids),
                cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir,
                models=models, drafter_kinds=drafter_kinds)
