@@ -48,3 +48,24 @@ def test_shipped_drafter_exports_a_standalone_directory_transformers_loads(tmp_p
   drafter.config = drafter.config.replace(draft_vocab=None)  # transformers has the full head
   ours, _ = drafter(jnp.asarray(tokens), jnp.arange(12)[None])
   np.testing.assert_allclose(hf_logits(hf, tokens), np.asarray(ours), atol=2e-3)
+
+
+FEATURE = ROOT / "drafters/smollm2_135m_feature"
+
+
+def test_shipped_feature_drafter_declares_its_target_layers():
+  size = sum(f.stat().st_size for f in FEATURE.iterdir())
+  assert size <= 20e6, f"{size / 1e6:.1f} MB"
+  declared = checkpoints.read_config(FEATURE)
+  assert declared.drafter.feature_layers == (6, 14, 22, -1)
+  assert declared.model.feature_size == 4 * 576 and declared.model.num_layers == 1
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_shipped_feature_drafter_is_exact_on_smollm2():
+  config = load_config("configs/decode.py")
+  config.update(dict(drafter=str(FEATURE), method="ar,pard", prompts="gsm8k", max_prompts=1,
+                     max_new_tokens=32))
+  cell = job.run(config).cell("gsm8k", "pard", 4)
+  assert cell.identical_to_ar == 1 and cell.tau > TAU_FLOOR
