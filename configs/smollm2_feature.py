@@ -19,28 +19,17 @@ step here (`loss.kl_weight`: PARD-2 uses ce 0.1, kl 1.0).
 drafting one token per forward, its drafted tokens carrying the stand-in feature.
 """
 
-from configs import DATA, SMOLLM2_GGUF
-from pard_jax.train import defaults
+from configs import smollm2_drafter
 
 
 def get_config():
-  config = defaults.default_config()
-  config.model.init = SMOLLM2_GGUF
+  # The token-only cut's recipe (init, data, restricted head, K, mask id, frozen shared tensors,
+  # batch, schedule); what differs is below.
+  config = smollm2_drafter.get_config()
   config.model.keep_layers = (0,)
-  config.model.draft_vocab_size = 8192
-  config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
-  config.data.source = str(DATA / "distill/smollm2_sharegpt.jsonl")
-  config.data.length = 256
-  config.drafter.num_draft_tokens = 4
-  config.drafter.mask_token_ids = (16,)
   config.drafter.feature_layers = (6, 14, 22, -1)
   config.drafter.feature_dropout = 0.1
-  config.train.trainable = "layers"
-  config.train.batch_size = 8
   config.train.num_epochs = 3
   config.train.learning_rate = 5e-4
-  config.train.schedule = "cosine"
-  config.train.warmup_steps = 20
-  config.train.log_every = 10
   config.train.checkpoint_every = 25
   return config
