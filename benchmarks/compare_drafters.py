@@ -48,7 +48,7 @@ def comparison(runs: list[tuple[str, pathlib.Path]]) -> str:
       if c.engine != cells_lib.OURS or c.method == "ar":
         continue
       by_set.setdefault(c.prompt_set, []).append(" | ".join([
-          label, c.method, str(c.num_draft_tokens), f"{c.tau:.2f}",
+          label, c.name, str(c.num_draft_tokens), f"{c.tau:.2f}",
           " ".join(f"{a:.2f}" for a in c.acceptance_by_depth),
           f"{c.tokens_per_second:.1f}", f"{ar[c.prompt_set].tokens_per_second:.1f}",
           f"{c.speedup_vs_ar:.2f}x",

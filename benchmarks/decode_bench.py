@@ -38,7 +38,7 @@ from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
 from pard_jax.eval.peers import load_transformers_model  # noqa: E402
 from pard_jax.eval.prompts import JsonlFile  # noqa: E402
-from pard_jax.eval.report import device_name  # noqa: E402
+from pard_jax.eval.report import device_name, device_slug  # noqa: E402
 from pard_jax.model import init_cache  # noqa: E402
 
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute/param dtype")
@@ -238,10 +238,7 @@ def main(argv):
 
   out_dir = pathlib.Path(_OUT.value)
   out_dir.mkdir(parents=True, exist_ok=True)
-  # The device's first words ("cpu (Intel(R) Xeon(R) ..." -> cpu_intel_xeon), so that runs on
-  # different machines do not overwrite each other.
-  words = results["device"].lower().replace("(r)", "").split(",")[0]
-  slug = "_".join("".join(c for c in w if c.isalnum()) for w in words.split()[:3]) + f"_{dtype}"
+  slug = device_slug(results["device"]) + f"_{dtype}"
   slug += "_drafter" if _DRAFTER.value else ""
   (out_dir / f"decode_{slug}.json").write_text(json.dumps(results, indent=2))
   (out_dir / f"decode_{slug}.md").write_text(to_markdown(results))

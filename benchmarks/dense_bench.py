@@ -34,7 +34,7 @@ from flax import nnx  # noqa: E402
 
 from pard_jax import checkpoints  # noqa: E402
 from pard_jax import model as model_lib  # noqa: E402
-from pard_jax.eval.report import device_name  # noqa: E402
+from pard_jax.eval.report import device_name, device_slug  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 15, "timed repeats (best is kept)")
 _FORWARD_ONLY = flags.DEFINE_bool("forward_only", False, "print part 2 as JSON and exit (part 4)")
@@ -154,8 +154,7 @@ def main(argv):
 
   out_dir = pathlib.Path(_OUT.value)
   out_dir.mkdir(parents=True, exist_ok=True)
-  words = results["device"].lower().replace("(r)", "").split(",")[0]
-  slug = "_".join("".join(c for c in w if c.isalnum()) for w in words.split()[:3])
+  slug = device_slug(results["device"])
   (out_dir / f"decode_{slug}_dense.json").write_text(json.dumps(results, indent=2))
   (out_dir / f"decode_{slug}_dense.md").write_text(to_markdown(results))
   print(to_markdown(results))

@@ -3,6 +3,8 @@ online, on the same distilled answers as the token-only cut (`configs/smollm2_dr
 
   python distill.py --config=configs/distill.py                                    # the data
   python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature
+  python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature_ps \
+      --config.drafter.method=parallelspec --config.drafter.mask_token_ids='()'  # K-1 masks
   python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature_sd \
       --config.drafter.method=sd --config.drafter.mask_token_ids='()'            # AR peer
 
@@ -15,8 +17,13 @@ also drafts from tokens alone (decode it with the PARD-1 kind). Cross-entropy on
 are the target's own greedy outputs, and the teacher's 49k-way head would add about 40% to a
 step here (`loss.kl_weight`: PARD-2 uses ce 0.1, kl 1.0).
 
+`drafter.method=parallelspec` gives each depth its own new mask row instead of one shared id.
 `drafter.method=sd` trains the autoregressive peer on the same data and budget: the same body
-drafting one token per forward, its drafted tokens carrying the stand-in feature.
+drafting one token per forward, each drafted token reading the drafter's own last hidden state
+in the target's place (EAGLE; trained with K - 1 extra forward passes over the layout, so a
+step costs about 1.5x). The target's forward is about a third of a step here
+(`benchmarks/feature_cache_bench.py`), so the recipe runs it online rather than caching its
+features.
 """
 
 from configs import smollm2_drafter

@@ -83,7 +83,8 @@ class NoDrafter(DrafterKind):
 @dataclasses.dataclass(frozen=True)
 class AutoregressiveDrafter(DrafterKind):
   """`sd`: a small AR model drafts K tokens in K forwards. With features (the autoregressive
-  peer of the parallel feature drafters), its drafted tokens carry the learned stand-in."""
+  peer of the parallel feature drafters, EAGLE style), a token it drafted reads its own last
+  hidden state in place of the target's, so its width must be the target's."""
   feature_layers: tuple[int, ...] = ()
   method: ClassVar[str] = "sd"
 
@@ -188,6 +189,10 @@ def feature_layout_error(kind: DrafterKind, drafter: ModelConfig,
             f"(target_feature_size), but {len(layers)} layers of this target give "
             f"{len(layers)} x {target.hidden_size} = {len(layers) * target.hidden_size}: it was "
             "trained for another target")
+  if isinstance(kind, AutoregressiveDrafter) and drafter.hidden_size != target.hidden_size:
+    return (f"the autoregressive feature peer feeds its own hidden state where the target's "
+            f"goes, but its width is {drafter.hidden_size} and the target's "
+            f"{target.hidden_size}")
   return None
 
 

@@ -8,15 +8,16 @@ the caller sets `draft_lengths = lengths + min(num_accepted, fed)` and stale ent
 simply overwritten next time.
 
 - `sd`: an autoregressive drafter, K forwards (catch-up of at most 2 tokens, then 1 each). A
-  feature drafter's drafted tokens carry no target feature, so its accepted drafts are fed
-  again with theirs: fed = 0 and a catch-up of up to K+1 tokens, as for the parallel kinds.
+  feature drafter (EAGLE style) feeds each drafted token with its own last residual stream in
+  place of the target's feature, which does not exist yet; its accepted drafts are fed again
+  with the target's: fed = 0 and a catch-up of up to K+1 tokens, as for the parallel kinds.
 - `pard` / `parallelspec`: one forward over the catch-up (at most K+1 tokens) followed by
   K-1 mask tokens; draft i+1 is read at mask i. PARD repeats one shared mask id, ParallelSpec
   uses K-1 distinct ones: the mask ids are the only difference between them at inference.
 
 A feature drafter (a kind with `feature_layers`) also reads `features_BxTxC`, the target's
 features by position: a real token at position p is fed with the feature at p - 1 (the target's
-state that produced it); mask tokens, drafted tokens and position 0 get the learned stand-in.
+state that produced it); mask tokens and position 0 get the learned stand-in.
 
 `draft` dispatches on the drafter kind (`pard_jax.drafter_kinds`), the plain data that says
 which method a drafter serves.
@@ -90,26 +91,34 @@ def draft_autoregressive(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_
   catchup_BxW, positions_BxW = take_window(tokens_BxT, draft_lengths_B,
                                            num_draft_tokens + 1 - fed)
   extra = feature_input(model, features_BxTxC, positions_BxW, jnp.ones_like(catchup_BxW, bool))
-  hidden, cache = model.backbone(catchup_BxW, positions_BxW, cache, extra_BxSxD=extra)
+  # A feature drafter also returns its own last residual stream, fed with its next draft.
+  own_layers = () if features_BxTxC is None else (-1,)
+  hidden, cache, own_BxWxD = model.backbone_features(catchup_BxW, positions_BxW, cache,
+                                                     feature_layers=own_layers, extra_BxSxD=extra)
   last_B1 = (lengths_B - draft_lengths_B - 1)[:, None]
   rngs = jax.random.split(rng, num_draft_tokens)
   logits_B1xV = _logits_at(model, hidden, last_B1)
   q_B1xV = probs_fn(logits_B1xV)
   first_B = sample_fn(rngs[0], q_B1xV[:, 0])
+  own_B1xD = (None if own_BxWxD is None else
+              jnp.take_along_axis(own_BxWxD, last_B1[..., None], axis=1))
 
   def step(carry, rng_i):
-    cache, token_B, position_B = carry
+    cache, token_B, position_B, own_B1xD = carry
     position_B1 = position_B[:, None]
-    # A drafted token has no target feature yet: the stand-in.
-    extra = feature_input(model, features_BxTxC, position_B1, jnp.zeros_like(position_B1, bool))
-    hidden, cache = model.backbone(token_B[:, None], position_B1, cache, extra_BxSxD=extra)
+    # A drafted token has no target feature yet: it reads the drafter's own (EAGLE).
+    extra = None if own_B1xD is None else model.own_feature_embeddings(own_B1xD)
+    hidden, cache, own_B1xD = model.backbone_features(token_B[:, None], position_B1, cache,
+                                                      feature_layers=own_layers,
+                                                      extra_BxSxD=extra)
     logits = model.logits(hidden)
     q_BxV = probs_fn(logits[:, 0])
     token_B = sample_fn(rng_i, q_BxV)
-    return (cache, token_B, position_B + 1), (token_B, q_BxV, _confidence(logits[:, 0], token_B))
+    return ((cache, token_B, position_B + 1, own_B1xD),
+            (token_B, q_BxV, _confidence(logits[:, 0], token_B)))
 
-  (cache, _, _), (rest_KxB, q_rest_KxBxV, sure_rest_KxB) = jax.lax.scan(
-      step, (cache, first_B, lengths_B), rngs[1:])
+  (cache, _, _, _), (rest_KxB, q_rest_KxBxV, sure_rest_KxB) = jax.lax.scan(
+      step, (cache, first_B, lengths_B, own_B1xD), rngs[1:])
   first_sure_B1 = _confidence(logits_B1xV[:, 0], first_B)[:, None]
   return Drafts(tokens_BxK=jnp.concatenate([first_B[:, None], rest_KxB.T], axis=1),
                 q_BxKxV=jnp.concatenate([q_B1xV, jnp.moveaxis(q_rest_KxBxV, 0, 1)], axis=1),

@@ -206,6 +206,14 @@ class Transformer(nnx.Module):
     """What a feature drafter adds to its token embeddings (`extra_BxSxD` of `backbone`)."""
     return self.features(features_BxSxC, has_feature_BxS)
 
+  def own_feature_embeddings(self, residual_BxSxD):
+    """What the autoregressive feature peer adds to a token it drafted itself (EAGLE): its own
+    last residual stream at the previous position (`backbone_features(..., (-1,))`), in the
+    place of every target layer it reads, since no target feature exists yet for that token."""
+    groups = self.config.num_feature_layers
+    return self.features(jnp.tile(residual_BxSxD, (1,) * (residual_BxSxD.ndim - 1) + (groups,)),
+                         jnp.ones(residual_BxSxD.shape[:-1], bool))
+
   def backbone(self, tokens_BxS, positions_BxS, cache: KVCache | None = None,
                attn_mask_BxSxT=None, extra_BxSxD=None):
     """Final hidden states `[batch, seq, hidden]` and the updated cache.

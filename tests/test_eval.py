@@ -43,7 +43,8 @@ def _config(models, **overrides):
   # Every draft verified: a tiny random drafter is never sure enough for the default threshold.
   config.update(dict(target=str(models / "target"), drafter=str(models / "drafter"),
                      prompts=str(models / "prompts.jsonl"), max_new_tokens=NEW,
-                     method="ar", max_prompts=0, stop_token_ids=(), verify_threshold=0.0))
+                     sd_drafter="", method="ar", max_prompts=0, stop_token_ids=(),
+                     verify_threshold=0.0))
   config.update(overrides)
   return config
 
@@ -203,6 +204,39 @@ def test_sd_and_pard_use_their_own_drafters(models):
   sd, pard = result.cell("prompts", "sd", 2), result.cell("prompts", "pard", 2)
   assert sd.acceptance_by_depth == [1.0, 1.0] and sd.identical_to_ar == 5
   assert min(pard.acceptance_by_depth) < 1.0 and pard.identical_to_ar == 5
+
+
+def test_several_drafters_run_side_by_side_in_one_sweep(models, tmp_path):
+  """`drafter="a=DIR,b=DIR"`: every method but ar and sd runs once per drafter, each cell
+  labelled and kept apart in the report, the outputs and a rerun."""
+  target = checkpoints.load_model(models / "target")
+  checkpoints.save_hf(perturbed(target, 3.0, 1), tmp_path / "far",
+                      extra_config={"pard_token": 95, "spd_type": "pard"})
+  drafters = f"near={models / 'drafter'},far={tmp_path / 'far'}"
+  config = _config(models, method="ar,sd,pard", num_draft_tokens=(2,), drafter=drafters,
+                   sd_drafter=str(models / "target"), report_dir=str(tmp_path / "report"))
+  result = job.run(config)
+  assert [c.name for c in result.cells] == ["ar", "sd", "pard [near]", "pard [far]"]
+  near = result.cell("prompts", "pard", 2, drafter="near")
+  far = result.cell("prompts", "pard", 2, drafter="far")
+  assert near.identical_to_ar == far.identical_to_ar == 5
+  assert far.acceptance_by_depth[0] < near.acceptance_by_depth[0]  # each ran its own drafter
+  assert {r.get("drafter") for r in result.records if r["method"] == "pard"} == {"near", "far"}
+  assert (tmp_path / "report/outputs/prompts/pard_jax_pard_far_k2.jsonl").is_file()
+  assert "| pard_jax | pard [far] | 2 |" in (tmp_path / "report/results.md").read_text()
+  rerun = job.run(config)  # every cell read back, none decoded
+  assert [c.to_json() for c in rerun.cells] == [c.to_json() for c in result.cells]
+
+
+@pytest.mark.parametrize("drafter, message", [
+    ("a=X,a=Y", r"config.drafter: names a label twice: \['a', 'a'\]"),
+    ("X,Y", "config.drafter: 'X': several drafters take a label each, LABEL=PATH"),
+    ("a b=X", "config.drafter: 'a b=X': several drafters take a label each"),
+    ("a=/no/such", "config.drafter: /no/such does not exist"),
+])
+def test_bad_drafter_lists_are_named_before_loading(models, no_model_loading, drafter, message):
+  with pytest.raises(ConfigError, match=message):
+    job.run(_config(models, method="ar,pard", drafter=drafter))
 
 
 def test_drafter_errors_name_the_fix(models, no_model_loading):

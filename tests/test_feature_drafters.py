@@ -16,7 +16,7 @@ from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.errors import ConfigError
 from pard_jax.eval.spec import EvalSpec
-from pard_jax.model import create_model
+from pard_jax.model import create_model, init_cache
 from pard_jax.train import step as step_lib
 from tests.helpers import (ROOT, chi_square_pvalue, exact_distribution, feature_drafter,
                            load_config, packed_batch, without_features)
@@ -181,9 +181,32 @@ def test_training_layout_logits_equal_inference_logits(method):
   def inference_logits(inputs, features, real):
     extra = drafting.feature_input(drafter, features, positions, real)
     return drafter.logits(drafter.backbone(inputs, positions, extra_BxSxD=extra)[0])
-  expected = inference_logits(inputs, doc_features, real)
-  for i, (s, _, _, p) in enumerate(queries):
-    np.testing.assert_allclose(logits[0, s], expected[i, p], atol=3e-5, rtol=3e-5)
+  if method == "sd":
+    expected = [autoregressive_logits(drafter, inputs[i], doc_features[i], p - d, p)
+                for i, (_, d, _, p) in enumerate(queries)]
+  else:
+    expected = inference_logits(inputs, doc_features, real)[np.arange(len(queries)),
+                                                             [q[3] for q in queries]]
+  for i, (s, _, _, _) in enumerate(queries):
+    np.testing.assert_allclose(logits[0, s], expected[i], atol=3e-5, rtol=3e-5)
+
+
+def autoregressive_logits(drafter, inputs, features, last_real, position):
+  """The AR feature peer's logits at `position` as decoding computes them, one token per cached
+  forward: the real tokens up to `last_real` with the target's features, then each drafted
+  token with the drafter's own last residual stream."""
+  cache = init_cache(drafter.config, 1, len(inputs))
+  positions = jnp.arange(last_real + 1)[None]
+  extra = drafting.feature_input(drafter, jnp.asarray(features)[None], positions,
+                                 jnp.ones_like(positions, bool))
+  hidden, cache, own = drafter.backbone_features(jnp.asarray(inputs[:last_real + 1])[None],
+                                                 positions, cache, feature_layers=(-1,),
+                                                 extra_BxSxD=extra)
+  for p in range(last_real + 1, position + 1):
+    hidden, cache, own = drafter.backbone_features(
+        jnp.asarray([[inputs[p]]]), jnp.asarray([[p]]), cache, feature_layers=(-1,),
+        extra_BxSxD=drafter.own_feature_embeddings(own[:, -1:]))
+  return drafter.logits(hidden)[0, -1]
 
 
 def test_feature_drafter_round_trips_as_hf_directory_and_delta(tmp_path):
@@ -212,4 +235,4 @@ def test_decode_py_refuses_a_target_without_the_drafters_features(tmp_path, no_m
   with pytest.raises(ConfigError, match=r"config.target: the drafter reads 64 feature values"):
     EvalSpec.from_config(config)
   config.use_target_features = False  # token-only: any target of the vocabulary will do
-  assert EvalSpec.from_config(config).drafter_kinds["pard"] == kinds.PardDrafter(39)
+  assert EvalSpec.from_config(config).drafter_kinds["pard", ""] == kinds.PardDrafter(39)

@@ -25,4 +25,6 @@ def test_quickstart_notebook_decodes_with_the_shipped_drafter(tmp_path):
       PROMPT_SETS="gsm8k", MAX_PROMPTS=1, MAX_NEW_TOKENS=16, NUM_DRAFT_TOKENS=(4,),
       REPORT_DIR=str(tmp_path)))
   outputs = _outputs(notebook)
-  assert "| pard_jax | pard | 4 |" in outputs and "image/png" in outputs
+  assert "| pard_jax | pard [feature] | 4 |" in outputs and "| pard_jax | pard [cut] | 4 |" in \
+      outputs
+  assert "image/png" in outputs

@@ -1,4 +1,4 @@
-"""The PARD drafter shipped in `drafters/`: small, loads with no extra step, exact, and drafts."""
+"""The drafters shipped in `drafters/`: small, load with no extra step, exact, and draft."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,14 +27,16 @@ def test_shipped_drafter_is_a_small_delta_over_the_target():
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_main_job_with_the_shipped_drafter_is_exact_and_drafts_well():
-  config = load_config("configs/decode.py")  # the main job: ar, sd and pard with the drafter
+def test_main_job_with_the_shipped_drafters_is_exact_and_drafts_well():
+  # The main job: ar; sd with the cut; pard with the feature drafter and with the cut.
+  config = load_config("configs/decode.py")
   config.update(dict(prompts="mtbench,gsm8k", max_prompts=1, max_new_tokens=32))
   result = job.run(config)
   for prompt_set in ("mtbench", "gsm8k"):
-    for method in ("sd", "pard"):
-      assert result.cell(prompt_set, method, 4).identical_to_ar == 1
-    assert result.cell(prompt_set, "pard", 4).tau > TAU_FLOOR
+    assert result.cell(prompt_set, "sd", 4).identical_to_ar == 1
+    for drafter in ("feature", "cut"):
+      cell = result.cell(prompt_set, "pard", 4, drafter=drafter)
+      assert cell.identical_to_ar == 1 and cell.tau > TAU_FLOOR, cell
 
 
 @pytest.mark.slow
@@ -59,13 +61,3 @@ def test_shipped_feature_drafter_declares_its_target_layers():
   declared = checkpoints.read_config(FEATURE)
   assert declared.drafter.feature_layers == (6, 14, 22, -1)
   assert declared.model.feature_size == 4 * 576 and declared.model.num_layers == 1
-
-
-@pytest.mark.slow
-@pytest.mark.real_model
-def test_shipped_feature_drafter_is_exact_on_smollm2():
-  config = load_config("configs/decode.py")
-  config.update(dict(drafter=str(FEATURE), method="ar,pard", prompts="gsm8k", max_prompts=1,
-                     max_new_tokens=32))
-  cell = job.run(config).cell("gsm8k", "pard", 4)
-  assert cell.identical_to_ar == 1 and cell.tau > TAU_FLOOR

@@ -142,6 +142,36 @@ def test_kl_loss_matches_a_reference_computation():
   assert stats["kl"].shape == (3,) and np.all(stats["kl"] > 0)
 
 
+def test_cat_weighting_weighs_each_slot_by_the_teachers_probability_of_its_chain():
+  """PARD-2's CAT: a depth-k slot at row index i weighs prod_{t=i-k}^{i-1} p_teacher(label_t)."""
+  counts = layout.cod_counts(12, 3, 0.8, 0.3)
+  batch = packed_batch([[12], [5, 7]], 12, seed=4, vocab=96)
+  keys = jax.random.split(jax.random.key(2), 2)
+  drafter = create_model(CONFIG, seed=0)
+  graphdef, params = nnx.split(drafter)
+  teacher_logits = 3 * jax.random.normal(jax.random.key(8), (2, 12, CONFIG.vocab_size))
+  step_cfg = step_lib.StepConfig(counts, (90, 91), cat_weighting=True)
+  loss, _ = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
+
+  out = jax.device_get(layout.build_layout(keys, batch, counts, (90, 91)))
+  mask = layout.attention_mask(out["depths"], out["positions"], out["segment_ids"])
+  log_q = scipy.special.log_softmax(
+      np.asarray(drafter(out["tokens"], out["positions"], attn_mask_BxSxT=mask)[0]), axis=-1)
+  p_label = np.take_along_axis(scipy.special.softmax(np.asarray(teacher_logits), axis=-1),
+                               batch["labels"][..., None], axis=-1)[..., 0]
+  expected, deep = 0.0, 0
+  for b, s in zip(*np.nonzero(out["weights"])):
+    i, k = out["index"][b, s], out["depths"][b, s]
+    weight = np.prod(p_label[b, i - k:i])
+    expected += out["weights"][b, s] * weight * -log_q[b, s, batch["labels"][b, i]]
+    deep += k > 0
+  assert deep >= 8
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  plain, _ = step_lib.layout_loss(params, graphdef, batch, keys,
+                                  step_lib.StepConfig(counts, (90, 91)), teacher_logits)
+  assert plain > 1.2 * loss  # deeper slots weigh less
+
+
 def test_sharded_step_matches_single_device():
   single, single_metrics = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   sharded, sharded_metrics = run_steps(sharding.make_mesh((2, 2, 2)))
@@ -186,6 +216,7 @@ def test_gradient_accumulation_matches_full_batch():
     ("model.draft_vocab_size", -1, "config.model.draft_vocab_size"),
     ("drafter.method", "medusa", "config.drafter.method: unknown method 'medusa'"),
     ("loss.kl_weight", -1.0, "config.loss: ce_weight and kl_weight must be >= 0"),
+    ("loss.cat_weighting", None, "config.loss.cat_weighting: must be True or False"),
     ("tokenizer", "/no/such/tokenizer", "config.tokenizer"),
     ("model.init", "/no/such/model", "config.model.init"),
 ])
@@ -219,8 +250,8 @@ def test_parallelspec_and_kl_settings_are_checked():
     (dict(method="sd"), "config.drafter.method: unknown method 'sd'.*sd with drafter.feature_"),
     (dict(method="sd", feature_layers=(0,), mask_token_ids=(4,)),
      "config.drafter.mask_token_ids: sd feeds no mask tokens"),
-    (dict(feature_layers=(0,)), "config.loss.teacher: is required for kl_weight > 0 or "
-     "drafter.feature_layers"),
+    (dict(feature_layers=(0,)), "config.loss.teacher: is required for kl_weight > 0, "
+     "cat_weighting or drafter.feature_layers"),
 ])
 def test_feature_drafter_settings_are_checked(settings, message):
   config = tiny_train_config()

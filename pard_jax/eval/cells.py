@@ -21,7 +21,7 @@ OURS = "pard_jax"
 
 @dataclasses.dataclass
 class CellResult:
-  """The measured numbers of one (prompt set, engine, method, K) cell."""
+  """The measured numbers of one (prompt set, engine, method, drafter, K) cell."""
   prompt_set: str
   method: str
   num_draft_tokens: int  # 0 for ar
@@ -29,6 +29,7 @@ class CellResult:
   num_tokens: int
   seconds: float  # decoding wall time, compilation and warm-up excluded
   engine: str = OURS  # or a peer: "transformers"
+  drafter: str = ""  # the drafter's label when a sweep compares several; "" otherwise
   num_iterations: int | None = None  # None where the engine does not report it
   # Share of iterations that accepted >= i drafts, i = 1..K (empty for ar and peers).
   acceptance_by_depth: list[float] = dataclasses.field(default_factory=list)
@@ -37,8 +38,12 @@ class CellResult:
   ours_vs_peer: float | None = None  # peers only: our tokens/s for this cell over theirs
 
   @property
-  def key(self) -> tuple[str, str, str, int]:
-    return (self.prompt_set, self.engine, self.method, self.num_draft_tokens)
+  def key(self) -> tuple[str, str, str, str, int]:
+    return (self.prompt_set, self.engine, self.method, self.drafter, self.num_draft_tokens)
+
+  @property
+  def name(self) -> str:
+    return display_name(self.method, self.drafter)
 
   @property
   def tau(self) -> float | None:
@@ -56,6 +61,11 @@ class CellResult:
   def from_json(cls, record: dict[str, Any]) -> "CellResult":
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in record.items() if k in names})
+
+
+def display_name(method: str, drafter: str = "") -> str:
+  """The method, and its drafter's label where a sweep compares several: `pard [cut]`."""
+  return f"{method} [{drafter}]" if drafter else method
 
 
 def acceptance_by_depth(accepted_drafts: Sequence[Sequence[int]], k: int) -> list[float]:
@@ -100,9 +110,9 @@ def run_cell(decoder: SpeculativeDecoder, prompts: Sequence[Sequence[int]], batc
 
 def summarise(prompt_set: str, method: str, k: int, rows: Sequence[dict],
               ar: tuple[CellResult, Sequence[dict]] | None = None,
-              greedy: bool = True) -> CellResult:
+              greedy: bool = True, drafter: str = "") -> CellResult:
   """A cell's numbers from its rows; `ar` (its cell and rows) adds speedup and identity."""
-  cell = CellResult(prompt_set=prompt_set, method=method, num_draft_tokens=k,
+  cell = CellResult(prompt_set=prompt_set, method=method, num_draft_tokens=k, drafter=drafter,
                     num_prompts=len(rows), num_tokens=sum(len(r["output_ids"]) for r in rows),
                     seconds=sum(r["seconds"] for r in rows),
                     num_iterations=sum(r["num_iterations"] for r in rows),

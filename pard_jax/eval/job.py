@@ -1,11 +1,11 @@
-"""The decode.py job: a sweep over (prompt set, method, K) cells with `ar` as the baseline.
+"""The decode.py job: a sweep over (prompt set, method, drafter, K) cells, `ar` the baseline.
 
 Order of work, so that mistakes surface before anything slow: the config is checked against
 the checkpoints' config.json (`EvalSpec`), the report folder locked, every prompt of every set
 read, tokenized and checked, the report folder's earlier settings and prompts compared, its
 finished cells' outputs read back and every `DecodeConfig` built; only then are models loaded.
-Per prompt set, `ar` runs first, then every (method, K), then the peers. `output` is written
-cell by cell, like the report, so an interrupted sweep keeps every finished cell.
+Per prompt set, `ar` runs first, then every (method, drafter, K), then the peers. `output` is
+written cell by cell, like the report, so an interrupted sweep keeps every finished cell.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ class EvalResult:
   report: report_lib.Report
 
   def cell(self, prompt_set: str, method: str, k: int = 0,
-           engine: str = cells_lib.OURS) -> cells_lib.CellResult:
-    return self.report.cells[(prompt_set, engine, method, k)]
+           engine: str = cells_lib.OURS, drafter: str = "") -> cells_lib.CellResult:
+    return self.report.cells[(prompt_set, engine, method, drafter, k)]
 
 
 def run(config) -> EvalResult:
@@ -113,24 +113,27 @@ def _run(spec: EvalSpec) -> EvalResult:
                         f"used, but {bad[0]} is outside its vocabulary [0, {spec.vocab_size}); "
                         "give the stop ids")
 
+  cells = spec.cells()
   shared_vocab = {path: shared_vocab_size(target_hf, spec.models[path].hf, tokenizer, path)
-                  for path in {spec.drafter_for(m) for m in spec.methods[1:]}}
+                  for path in {spec.drafter_for(m, label) for m, label, k in cells if k}}
   configs = {}
-  for method, k in spec.cells():
-    configs[method, k] = DecodeConfig(
-        drafter=spec.drafter_kinds[method], num_draft_tokens=k or 1,
+  for method, label, k in cells:
+    configs[method, label, k] = DecodeConfig(
+        drafter=spec.drafter_kinds[method, label], num_draft_tokens=k or 1,
         max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_k=spec.top_k,
         top_p=spec.top_p, verify_threshold=spec.verify_threshold, stop_token_ids=stops,
-        shared_vocab_size=shared_vocab[spec.drafter_for(method)] if k else 0)
+        shared_vocab_size=shared_vocab[spec.drafter_for(method, label)] if k else 0)
 
-  ours = [(name, cells_lib.OURS, method, k) for name in sets for method, k in spec.cells()]
+  ours = [(name, cells_lib.OURS, method, label, k) for name in sets
+          for method, label, k in cells]
   todo = [key for key in ours if not report.done(key)]
   # Read back now: a damaged outputs/ fails before anything loads.
   stored_rows = {key: report.rows(key) for key in ours if report.done(key)}
   target = checkpoints.load_model(spec.target, dtype=spec.dtype) if todo else None
   drafters = {path: checkpoints.load_model(path, dtype=spec.dtype)
-              for path in {spec.drafter_for(method) for _, _, method, k in todo if k}}
-  decoders: dict[tuple[str, int], SpeculativeDecoder] = {}
+              for path in {spec.drafter_for(method, label)
+                           for _, _, method, label, k in todo if k}}
+  decoders: dict[tuple[str, str, int], SpeculativeDecoder] = {}
   peer = None  # loaded when a peer cell is left to measure
 
   wanted, records = [], []
@@ -139,27 +142,32 @@ def _run(spec: EvalSpec) -> EvalResult:
     output = stack.enter_context(spec.output.open("w")) if spec.output is not None else None
     for name, (origins, prompts) in sets.items():
       ar = None
-      for method, k in spec.cells():
-        key = (name, cells_lib.OURS, method, k)
+      for method, label, k in cells:
+        key = (name, cells_lib.OURS, method, label, k)
         if report.done(key):
           rows = stored_rows[key]
         else:
-          if (method, k) not in decoders:
-            decoders[method, k] = SpeculativeDecoder(
-                target, drafters[spec.drafter_for(method)] if k else None, configs[method, k])
-          rows = cells_lib.run_cell(decoders[method, k], prompts, spec.batch_size, spec.seed,
-                                    spec.cache_len, desc=f"{name} {method} K={k}")
-          cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy)
+          if (method, label, k) not in decoders:
+            decoders[method, label, k] = SpeculativeDecoder(
+                target, drafters[spec.drafter_for(method, label)] if k else None,
+                configs[method, label, k])
+          rows = cells_lib.run_cell(decoders[method, label, k], prompts, spec.batch_size,
+                                    spec.seed, spec.cache_len,
+                                    desc=f"{name} {cells_lib.display_name(method, label)} K={k}")
+          cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy, drafter=label)
           if method == "ar":
             cell.speedup_vs_ar = 1.0
           report.add(cell, rows)
-          logging.info("%s %s K=%d: tau %s, %.1f tok/s", name, method, k,
+          logging.info("%s %s K=%d: tau %s, %.1f tok/s", name, cell.name, k,
                        f"{cell.tau:.2f}" if cell.tau else "-", cell.tokens_per_second)
         if method == "ar":
           ar = (report.cells[key], rows)
         wanted.append(key)
         cell_records = [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)
                         for origin, row in zip(origins, rows)]
+        if label:
+          for record in cell_records:
+            record["drafter"] = label
         if tokenizer is not None:
           for record in cell_records:
             record["text"] = tokenizer.decode(record["output_ids"])
@@ -168,12 +176,12 @@ def _run(spec: EvalSpec) -> EvalResult:
           output.flush()
         records += cell_records
       for method, k in peers_lib.TransformersPeer.cells(spec):
-        key = (name, peers_lib.TRANSFORMERS, method, k)
+        key = (name, peers_lib.TRANSFORMERS, method, "", k)
         if not report.done(key):
           peer = peer or peers_lib.TransformersPeer(spec, stops)
           cell = peer.run(name, method, k, prompts)
-          ours_cell = report.cells[(name, cells_lib.OURS, method, k)]
-          peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", 0), cell)
+          ours_cell = report.cells[(name, cells_lib.OURS, method, "", k)]
+          peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", "", 0), cell)
           cell.ours_vs_peer = ours_cell.tokens_per_second / cell.tokens_per_second
           cell.speedup_vs_ar = cell.tokens_per_second / peer_ar.tokens_per_second
           report.add(cell)

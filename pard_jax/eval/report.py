@@ -48,6 +48,13 @@ def device_name() -> str:
   return device.device_kind
 
 
+def device_slug(device: str) -> str:
+  """A device's first words for file names ("cpu (Intel(R) Xeon(R) ..." -> cpu_intel_xeon), so
+  that results of different machines do not overwrite each other."""
+  words = device.lower().replace("(r)", "").split(",")[0]
+  return "_".join("".join(c for c in w if c.isalnum()) for w in words.split()[:3])
+
+
 def environment() -> dict[str, Any]:
   versions = {}
   for package in ("jax", "jaxlib", "flax", "transformers", "torch"):
@@ -129,9 +136,9 @@ def locked(directory: pathlib.Path | None) -> Iterator[None]:
     os.close(fd)
 
 
-def _cell_name(key: tuple[str, str, str, int]) -> str:
-  prompt_set, engine, method, k = key
-  return f"{prompt_set}/{engine}_{method}_k{k}.jsonl"
+def _cell_name(key: tuple[str, str, str, str, int]) -> str:
+  prompt_set, engine, method, drafter, k = key
+  return f"{prompt_set}/{engine}_{method}{f'_{drafter}' if drafter else ''}_k{k}.jsonl"
 
 
 class Report:
@@ -146,6 +153,7 @@ class Report:
     self.cells: dict[tuple, CellResult] = {}
     self.config = dict(spec.identity(), methods=list(spec.methods),
                        num_draft_tokens=list(spec.draft_tokens),
+                       drafter_labels=list(spec.drafter_labels),
                        prompt_sets=[s.name for s in spec.prompt_sets], prompts=prompts,
                        peers=list(spec.peers))
     self.env = environment()
@@ -217,8 +225,10 @@ class Report:
     """Every cell the folder holds: per set, ours (ar first), then the peers."""
     sets = {name: i for i, name in enumerate(self.config["prompt_sets"])}
     methods = {m: i for i, m in enumerate(self.config["methods"])}
+    drafters = {label: i for i, label in enumerate(self.config["drafter_labels"])}
     return sorted(self.cells.values(), key=lambda c: (sets[c.prompt_set], c.engine != OURS,
-                                                      methods[c.method], c.num_draft_tokens))
+                                                      methods[c.method], drafters[c.drafter],
+                                                      c.num_draft_tokens))
 
   def to_json(self) -> dict[str, Any]:
     return dict(config=self.config, environment=self.env,
@@ -251,14 +261,14 @@ class Report:
       if not ours:
         continue
       fig, (speed_ax, tau_ax, depth_ax) = plt.subplots(1, 3, figsize=(15, 4))
-      for method in dict.fromkeys(c.method for c in ours):
-        cells = sorted((c for c in ours if c.method == method), key=lambda c: c.num_draft_tokens)
+      for name in dict.fromkeys(c.name for c in ours):
+        cells = sorted((c for c in ours if c.name == name), key=lambda c: c.num_draft_tokens)
         ks = [c.num_draft_tokens for c in cells]
-        speed_ax.plot(ks, [c.speedup_vs_ar for c in cells], "o-", label=method)
-        tau_ax.plot(ks, [c.tau for c in cells], "o-", label=method)
+        speed_ax.plot(ks, [c.speedup_vs_ar for c in cells], "o-", label=name)
+        tau_ax.plot(ks, [c.tau for c in cells], "o-", label=name)
         for c in cells:
           depth_ax.plot(range(1, c.num_draft_tokens + 1), c.acceptance_by_depth, "o-",
-                        label=f"{method} K={c.num_draft_tokens}")
+                        label=f"{name} K={c.num_draft_tokens}")
       speed_ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
       depth_ax.set_ylim(0, 1.05)
       for ax, title, ylabel in ((speed_ax, "speedup over ar", "x"),
@@ -285,7 +295,7 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
   body = []
   for c in cells:
     body.append([
-        c.engine, c.method, str(c.num_draft_tokens), str(c.num_prompts), str(c.num_tokens),
+        c.engine, c.name, str(c.num_draft_tokens), str(c.num_prompts), str(c.num_tokens),
         f"{c.tau:.2f}" if c.tau is not None else "-", f"{c.tokens_per_second:.1f}",
         f"{c.speedup_vs_ar:.2f}x" if c.speedup_vs_ar is not None else "-",
         f"{c.ours_vs_peer:.2f}x" if c.ours_vs_peer is not None else "-",

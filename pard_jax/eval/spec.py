@@ -1,7 +1,8 @@
 """The evaluation request: `configs/decode.py` fields, checked and typed before anything loads.
 
 Strings stop here: `EvalSpec.from_config` turns `method="ar,sd,pard"`, `num_draft_tokens=(2, 4)`,
-`prompts="mtbench,gsm8k"` and `peers="transformers"` into typed values, and every bad value
+`drafter="feature=DIR,cut=DIR"`, `prompts="mtbench,gsm8k"` and `peers="transformers"` into typed
+values, and every bad value
 raises a `ConfigError` naming its field, in seconds, before a model is read. The checkpoints'
 `config.json` files are read here (no weights), so that lengths, token ids and drafter kinds are
 checked against the models too, and no output may overwrite an input.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Any
 
 from pard_jax import checkpoints
@@ -30,6 +32,36 @@ SEED_LIMIT = 2**32
 # The files a report folder owns (report.py writes them), besides a plot `<set>.png` per set.
 REPORT_FILES = ("results.json", "results.md", ".results.json.tmp", ".results.md.tmp", ".lock",
                 "outputs")
+
+
+# A drafter's label names its cells (and their output files) when a sweep compares several.
+DRAFTER_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _drafters(value) -> tuple[tuple[str, pathlib.Path], ...]:
+  """`drafter`: one path, or comma-separated `LABEL=PATH` entries (several drafters, each
+  run by every method but `ar` and `sd`); `(label, path)` each, label "" for one plain path."""
+  entries = _names(value, "drafter")
+  if len(entries) <= 1 and "=" not in "".join(entries):
+    return (("", assets.resolve_setting("".join(entries), "drafter")),)
+  drafters = []
+  for entry in entries:
+    label, _, path = entry.partition("=")
+    require(bool(DRAFTER_LABEL.fullmatch(label)) and bool(path), "drafter",
+            f"{entry!r}: several drafters take a label each, LABEL=PATH (letters, digits, "
+            "_ . -), e.g. feature=drafters/smollm2_135m_feature,cut=drafters/smollm2_135m_pard")
+    drafters.append((label, assets.resolve_setting(path, "drafter")))
+  labels = [label for label, _ in drafters]
+  require(len(set(labels)) == len(labels), "drafter", f"names a label twice: {labels}")
+  return tuple(drafters)
+
+
+def _kind(method: str, path: pathlib.Path | None, models: dict, mask_ids: tuple[int, ...],
+          use_target_features: bool) -> kinds.DrafterKind:
+  """The kind `method` runs with the drafter at `path` (its config.json's declaration)."""
+  declared = models[path].drafter if path in models else None
+  kind = kinds.for_method(method, declared, mask_ids)
+  return kind if use_target_features else kind.without_features()
 
 
 def _is_int(value) -> bool:
@@ -70,9 +102,11 @@ def _check_outputs(output: pathlib.Path | None, report_dir: pathlib.Path | None,
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-  """What to decode and measure: every (prompt set, method, K) cell, plus `ar` and peers."""
+  """What to decode and measure: every (prompt set, method, drafter, K) cell, plus `ar` and
+  peers."""
   target: pathlib.Path
-  drafter: pathlib.Path | None
+  # (label, path) per drafter of the methods but `ar` and `sd`; label "" when only one.
+  drafters: tuple[tuple[str, pathlib.Path], ...]
   sd_drafter: pathlib.Path | None  # the AR drafter for `sd` and assisted generation
   methods: tuple[str, ...]  # `ar` first: it is every cell's baseline
   draft_tokens: tuple[int, ...]  # the K values, for every method but `ar`
@@ -96,7 +130,7 @@ class EvalSpec:
   report_dir: pathlib.Path | None
   # The config.json of the target and of every drafter a method uses, by path (no weights).
   models: dict[pathlib.Path, checkpoints.CheckpointConfig]
-  drafter_kinds: dict[str, kinds.DrafterKind]  # per method, mask ids resolved
+  drafter_kinds: dict[tuple[str, str], kinds.DrafterKind]  # per (method, label), ids resolved
 
   @property
   def vocab_size(self) -> int:
@@ -117,18 +151,40 @@ class EvalSpec:
   def greedy(self) -> bool:
     return self.temperature == 0
 
-  def cells(self) -> list[tuple[str, int]]:
-    """(method, K) per cell of one prompt set; `ar` has K = 0 and comes first."""
-    return [("ar", 0)] + [(m, k) for m in self.methods if m != "ar" for k in self.draft_tokens]
+  @property
+  def drafter(self) -> pathlib.Path | None:
+    """The first drafter (the one a single-drafter sweep uses)."""
+    return self.drafters[0][1] if self.drafters else None
 
-  def drafter_for(self, method: str) -> pathlib.Path | None:
-    return self.sd_drafter if method == "sd" else self.drafter
+  @property
+  def drafter_labels(self) -> tuple[str, ...]:
+    """Every cell's drafter label: "" (ar, sd, a single drafter), then each drafter's."""
+    return tuple(dict.fromkeys(("",) + tuple(label for label, _ in self.drafters)))
+
+  def labels_for(self, method: str) -> tuple[str, ...]:
+    """The drafter labels of a method's cells: one per drafter but for `ar` and `sd`."""
+    if method in ("ar", "sd") or not self.drafters:
+      return ("",)
+    return tuple(label for label, _ in self.drafters)
+
+  def cells(self) -> list[tuple[str, str, int]]:
+    """(method, drafter label, K) per cell of one prompt set; `ar` has K = 0 and comes first."""
+    return [("ar", "", 0)] + [(m, label, k) for m in self.methods if m != "ar"
+                              for label in self.labels_for(m) for k in self.draft_tokens]
+
+  def drafter_for(self, method: str, label: str = "") -> pathlib.Path | None:
+    if method == "sd":
+      return self.sd_drafter
+    return dict(self.drafters).get(label, self.drafter)
 
   def identity(self) -> dict[str, Any]:
     """The settings every stored cell result depends on (a resumed report must match them);
     the prompts themselves are keyed per set by the report (`max_prompts` acts through them)."""
     path = lambda p: str(p.resolve()) if p is not None else ""
-    return dict(target=path(self.target), drafter=path(self.drafter),
+    # One unlabelled drafter is stored as its path, as before labels existed.
+    drafter = (path(self.drafter) if not any(label for label, _ in self.drafters)
+               else [f"{label}={path(p)}" for label, p in self.drafters])
+    return dict(target=path(self.target), drafter=drafter,
                 sd_drafter=path(self.sd_drafter), chat_template=self.chat_template,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                 top_k=self.top_k, top_p=self.top_p, verify_threshold=self.verify_threshold,
@@ -179,14 +235,19 @@ class EvalSpec:
 
     target = assets.resolve_setting(c.target or assets.SMOLLM2_GGUF, "target")
     require(target.exists(), "target", f"{target} does not exist (a HF directory or .gguf)")
-    drafter = assets.resolve_setting(c.drafter, "drafter")
+    drafters = _drafters(c.drafter)
+    drafter = drafters[0][1]
     sd_drafter = assets.resolve_setting(c.sd_drafter, "sd_drafter") or drafter
-    for field, path, needs in (("sd_drafter", sd_drafter, [m for m in methods if m == "sd"]),
-                               ("drafter", drafter, [m for m in methods if m not in ("ar", "sd")])):
+    drafted = [m for m in methods if m not in ("ar", "sd")]
+    for field, paths, needs in (("sd_drafter", [sd_drafter], [m for m in methods if m == "sd"]),
+                                ("drafter", [p for _, p in drafters], drafted)):
       if needs:
-        require(path is not None, "drafter", f"method(s) {needs} need a drafter (HF directory, "
-                ".gguf or delta directory)")
-        require(path.exists(), field, f"{path} does not exist")
+        for path in paths:
+          require(path is not None, "drafter", f"method(s) {needs} need a drafter (HF "
+                  "directory, .gguf or delta directory)")
+          require(path.exists(), field, f"{path} does not exist")
+    if drafter is None:
+      drafters = ()
     try:
       sets = tuple(prompts_lib.resolve(c.prompts))
     except DataError as e:
@@ -194,12 +255,12 @@ class EvalSpec:
 
     output = pathlib.Path(c.output).expanduser() if c.output else None
     report_dir = pathlib.Path(c.report_dir).expanduser() if c.report_dir else None
-    used = {"target": target}
+    used = [("target", target)]
     if "sd" in methods:
-      used["sd_drafter"] = sd_drafter
-    if any(m not in ("ar", "sd") for m in methods):
-      used["drafter"] = drafter
-    inputs = [(field, path.resolve()) for field, path in used.items()]
+      used.append(("sd_drafter", sd_drafter))
+    if drafted:
+      used += [("drafter", path) for _, path in drafters]
+    inputs = [(field, path.resolve()) for field, path in used]
     inputs += [("prompts", s.path.resolve()) for s in sets if isinstance(s, prompts_lib.JsonlFile)]
     _check_outputs(output, report_dir, inputs, [s.name for s in sets])
     if output is not None:
@@ -207,7 +268,7 @@ class EvalSpec:
     if report_dir is not None:
       require_writable(report_dir / "results.json", "report_dir")
 
-    models = {path: checkpoints.read_config(path) for path in used.values()}
+    models = {path: checkpoints.read_config(path) for _, path in used}
     max_positions = min(m.model.max_position_embeddings for m in models.values())
     require(c.cache_len <= max_positions, "cache_len",
             f"{c.cache_len} is more than the {max_positions} positions the models hold "
@@ -224,21 +285,21 @@ class EvalSpec:
       require(token < vocab, "stop_token_ids",
               f"{token} is outside the target's vocabulary [0, {vocab})")
     drafter_kinds = {}
+    labelled = dict(drafters)
     for method in methods:
-      path = sd_drafter if method == "sd" else drafter
-      declared = models[path].drafter if path in models else None
-      kind = kinds.for_method(method, declared, mask_ids)
-      if not c.use_target_features:
-        kind = kind.without_features()
-      drafter_kinds[method] = kind
-      if kind.uses_drafter:
+      for label in ("",) if method in ("ar", "sd") or not drafters else labelled:
+        path = sd_drafter if method == "sd" else labelled.get(label, drafter)
+        drafter_kinds[method, label] = kind = _kind(method, path, models, mask_ids,
+                                                    c.use_target_features)
+        if not kind.uses_drafter:
+          continue
         error = kinds.feature_layout_error(kind, models[path].model, models[target].model)
         require(error is None, "target", f"{error} ({path} over {target})")
         drafter_vocab = models[path].model.vocab_size
         for token in {t for k in ks for t in kind.mask_ids(k)}:
           require(token < drafter_vocab, "mask_token_ids",
                   f"{token} is outside the drafter's vocabulary [0, {drafter_vocab}) ({path})")
-    return cls(target=target, drafter=drafter, sd_drafter=sd_drafter,
+    return cls(target=target, drafters=drafters, sd_drafter=sd_drafter,
                methods=methods, draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),
                max_new_tokens=c.max_new_tokens, temperature=float(c.temperature),

@@ -69,6 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
       ce_weight=1.0,  # cross-entropy on the data
       kl_weight=0.0,  # KL(teacher || drafter) per slot (PARD-2: ce 0.1, kl 1.0)
       teacher="",  # HF directory or .gguf of the teacher (the target); "" = model.init, uncut
+      # PARD-2's CAT: a depth-k slot's loss weighted by the teacher's probability of the k true
+      # tokens before it (the drafts it follows must be accepted first); needs the teacher.
+      cat_weighting=False,
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=8,  # global rows per optimizer step

@@ -13,6 +13,7 @@ continues exactly as if it had not stopped; it refuses settings that differ from
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
 from typing import Any
@@ -70,6 +71,49 @@ def load_rows(spec: TrainSpec, tokenizer) -> data_lib.PackedRows:
   return data_lib.pack(docs, d.length, d.seed, pad_id)
 
 
+@dataclasses.dataclass
+class Setup:
+  """What a run trains, and with what: the drafter (split), its kind and mask ids, the train
+  step's static settings and, with KL, CAT or features, the frozen teacher (split)."""
+  graphdef: nnx.GraphDef
+  params: Any
+  kind: kinds.DrafterKind
+  masks: tuple[int, ...]
+  step_cfg: step_lib.StepConfig
+  teacher_graphdef: nnx.GraphDef | None = None
+  teacher_params: Any = None
+
+
+def prepare(spec: TrainSpec, mesh: Mesh, rows: data_lib.PackedRows) -> Setup:
+  """The drafter as it starts (`init_model`, mask rows, feature input, restricted head), its
+  step settings and the teacher, loaded onto `mesh`."""
+  model = init_model(spec, mesh)
+  kind = spec.drafter.kind(model.config.vocab_size)
+  masks = kind.mask_ids(spec.drafter.num_draft_tokens)
+  if masks and max(masks) >= model.config.vocab_size:
+    model = grow_vocab(model, max(masks) + 1)
+  layers = spec.drafter.feature_layers
+  if layers and not model.config.feature_size:
+    width = checkpoints.read_config(spec.loss.teacher).model.hidden_size
+    model = add_feature_input(model, len(layers), len(layers) * width)
+  if spec.model.draft_vocab_size:
+    model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
+        rows, spec.model.draft_vocab_size, model.config.vocab_size))
+  graphdef, params = nnx.split(model)
+  step_cfg = step_lib.StepConfig(
+      counts=spec.cod_counts, mask_tokens=spec.drafter.layout_masks(kind),
+      frozen_head=spec.train.trainable == "layers", ce_weight=spec.loss.ce_weight,
+      kl_weight=spec.loss.kl_weight, cat_weighting=spec.loss.cat_weighting,
+      feature_layers=layers, feature_dropout=spec.drafter.feature_dropout,
+      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter))
+  setup = Setup(graphdef, params, kind, masks, step_cfg)
+  if step_cfg.uses_teacher:
+    setup.teacher_graphdef, setup.teacher_params = nnx.split(checkpoints.load_model(
+        spec.loss.teacher, dtype=spec.model.dtype, param_dtype=spec.model.param_dtype,
+        mesh=mesh))
+  return setup
+
+
 def make_workdir(workdir: str) -> pathlib.Path:
   """The workdir, created if need be; a `ConfigError` naming it when it cannot be one."""
   path = pathlib.Path(workdir)
@@ -120,36 +164,15 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)
   rows = load_rows(spec, tokenizer)
   steps = spec.num_steps(rows.num_rows)
-  model = init_model(spec, mesh)
-  kind = spec.drafter.kind(model.config.vocab_size)
-  masks = kind.mask_ids(spec.drafter.num_draft_tokens)
-  if masks and max(masks) >= model.config.vocab_size:
-    model = grow_vocab(model, max(masks) + 1)
-  layers = spec.drafter.feature_layers
-  if layers and not model.config.feature_size:
-    width = checkpoints.read_config(spec.loss.teacher).model.hidden_size
-    model = add_feature_input(model, len(layers), len(layers) * width)
-  if spec.model.draft_vocab_size:
-    model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
-        rows, spec.model.draft_vocab_size, model.config.vocab_size))
-  graphdef, params = nnx.split(model)
-  del model
-  optimizer = step_lib.make_optimizer(spec.optimizer(steps), run.trainable, masks)
-  state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
-  step_cfg = step_lib.StepConfig(
-      counts=spec.cod_counts, mask_tokens=spec.drafter.layout_masks(kind),
-      frozen_head=run.trainable == "layers", ce_weight=spec.loss.ce_weight,
-      kl_weight=spec.loss.kl_weight, feature_layers=layers,
-      feature_dropout=spec.drafter.feature_dropout,
-      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter))
-  teacher = ()  # the teacher's parameters, the train step's 4th argument, with KL or features
-  teacher_graphdef = teacher_sharding = None
-  if step_cfg.uses_teacher:
-    teacher_graphdef, teacher_params = nnx.split(checkpoints.load_model(
-        spec.loss.teacher, dtype=spec.model.dtype, param_dtype=spec.model.param_dtype,
-        mesh=mesh))
-    teacher = (teacher_params,)
-    teacher_sharding = jax.tree.map(lambda x: x.sharding, teacher_params)
+  setup = prepare(spec, mesh, rows)
+  graphdef, kind, step_cfg = setup.graphdef, setup.kind, setup.step_cfg
+  optimizer = step_lib.make_optimizer(spec.optimizer(steps), run.trainable, setup.masks)
+  state, state_sharding = step_lib.create_sharded_state(setup.params, optimizer, mesh)
+  setup.params = None  # the state holds them now
+  teacher = () if setup.teacher_params is None else (setup.teacher_params,)
+  teacher_graphdef = setup.teacher_graphdef
+  teacher_sharding = (None if setup.teacher_params is None else
+                      jax.tree.map(lambda x: x.sharding, setup.teacher_params))
   batches = data_lib.BatchIterator(rows, run.batch_size, spec.data.seed,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())

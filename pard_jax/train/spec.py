@@ -85,7 +85,8 @@ class DrafterSpec:
 class LossSpec:
   ce_weight: float
   kl_weight: float
-  teacher: pathlib.Path | None  # with KL or features: model.init unless given
+  cat_weighting: bool
+  teacher: pathlib.Path | None  # with KL, CAT or features: model.init unless given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +151,18 @@ class TrainSpec:
               f"{self.model.keep_layers} must be layer indices in [0, {total}) of "
               f"{self.model.init}")
     if self.drafter.feature_layers:
-      teacher = read_config(self.loss.teacher).model.num_layers
+      teacher_model = read_config(self.loss.teacher).model
+      teacher = teacher_model.num_layers
       require(all(-teacher <= i < teacher for i in self.drafter.feature_layers),
               "drafter.feature_layers", f"{list(self.drafter.feature_layers)} must be layer "
               f"indices of the teacher {self.loss.teacher} ({teacher} layers; negative ones "
               "count from the end)")
+      if self.drafter.method == kinds.AutoregressiveDrafter.method:
+        require(model_config.hidden_size == teacher_model.hidden_size, "drafter.method",
+                f"sd with features feeds the drafter's own hidden state where the teacher's "
+                f"would go, so the drafter's width ({model_config.hidden_size}, "
+                f"{self.model.init}) must equal the teacher's ({teacher_model.hidden_size}, "
+                f"{self.loss.teacher})")
     if self.drafter.method == kinds.PardDrafter.method:
       require(self.drafter.mask_token_ids[0] < model_config.vocab_size,
               "drafter.mask_token_ids", f"{self.drafter.mask_token_ids[0]} is outside the model "
@@ -314,14 +322,17 @@ def _loss(loss, init: str, reads_features: bool) -> LossSpec:
   require(loss.ce_weight >= 0 and loss.kl_weight >= 0 and loss.ce_weight + loss.kl_weight > 0,
           "loss", f"ce_weight and kl_weight must be >= 0 and not both 0, got "
           f"{loss.ce_weight}, {loss.kl_weight}")
+  require(isinstance(loss.cat_weighting, bool), "loss.cat_weighting",
+          f"must be True or False, got {loss.cat_weighting!r}")
   teacher = None
-  if loss.kl_weight > 0 or reads_features:
-    require(bool(loss.teacher or init), "loss.teacher", "is required for kl_weight > 0 or "
-            "drafter.feature_layers when model.init is empty (a HF directory or .gguf of the "
-            "target)")
+  if loss.kl_weight > 0 or loss.cat_weighting or reads_features:
+    require(bool(loss.teacher or init), "loss.teacher", "is required for kl_weight > 0, "
+            "cat_weighting or drafter.feature_layers when model.init is empty (a HF directory "
+            "or .gguf of the target)")
     teacher = assets.resolve_setting(loss.teacher or init, "loss.teacher")
     require(teacher.exists(), "loss.teacher", f"{loss.teacher or init!r} does not exist")
-  return LossSpec(ce_weight=loss.ce_weight, kl_weight=loss.kl_weight, teacher=teacher)
+  return LossSpec(ce_weight=loss.ce_weight, kl_weight=loss.kl_weight,
+                  cat_weighting=loss.cat_weighting, teacher=teacher)
 
 
 def _run(t) -> RunSpec:

@@ -110,12 +110,14 @@ class StepConfig:
   frozen_head: bool = False
   ce_weight: float = 1.0  # cross-entropy on the data's next tokens
   kl_weight: float = 0.0  # KL(target || drafter) at every slot; needs a teacher (PARD-2: 0.1, 1.0)
+  cat_weighting: bool = False  # PARD-2's CAT (`cat_weights`); needs a teacher
   # A feature drafter: the teacher's (target's) layers it reads, and the share of rows that
   # train without features (PARD-2: 0.1-0.2).
   feature_layers: tuple[int, ...] = ()
   feature_dropout: float = 0.0
   # The autoregressive peer: depth-k slots hold the true token at their position instead of a
-  # mask (the drafts an AR drafter feeds itself, teacher-forced), without a target feature.
+  # mask (the drafts an AR drafter feeds itself, teacher-forced); with features, each reads
+  # the drafter's own hidden state at the slot before it (EAGLE).
   autoregressive: bool = False
 
   @property
@@ -124,7 +126,11 @@ class StepConfig:
 
   @property
   def uses_teacher(self) -> bool:
-    return self.kl_weight > 0 or bool(self.feature_layers)
+    return self.needs_teacher_logits or bool(self.feature_layers)
+
+  @property
+  def needs_teacher_logits(self) -> bool:
+    return self.kl_weight > 0 or self.cat_weighting
 
 
 def head_labels(config, labels_BxS, weights_BxS):
@@ -141,7 +147,7 @@ def head_labels(config, labels_BxS, weights_BxS):
 def teacher_outputs(teacher_params, teacher_graphdef: nnx.GraphDef,
                     batch: dict[str, jax.Array], step_cfg: StepConfig):
   """One teacher forward over the packed rows (each document sees only itself), without
-  gradient: its next-token logits `[batch, L, V_teacher]` (None without KL) and the features
+  gradient: its next-token logits `[batch, L, V_teacher]` (None without KL or CAT) and the features
   of `step_cfg.feature_layers` `[batch, L, C]` (None without)."""
   depths_BxL = jnp.zeros_like(batch["positions"])
   mask_BxLxL = layout_lib.attention_mask(depths_BxL, batch["positions"], batch["segment_ids"])
@@ -149,27 +155,46 @@ def teacher_outputs(teacher_params, teacher_graphdef: nnx.GraphDef,
   hidden_BxLxD, _, features_BxLxC = teacher.backbone_features(
       batch["tokens"], batch["positions"], attn_mask_BxSxT=mask_BxLxL,
       feature_layers=step_cfg.feature_layers)
-  logits_BxLxV = teacher.logits(hidden_BxLxD) if step_cfg.kl_weight > 0 else None
+  logits_BxLxV = teacher.logits(hidden_BxLxD) if step_cfg.needs_teacher_logits else None
   return jax.lax.stop_gradient((logits_BxLxV, features_BxLxC))
 
 
 def layout_features(model, layout: dict[str, jax.Array], features_BxLxC, row_keys_B,
                     step_cfg: StepConfig):
   """What the drafter adds to each slot's embedding: a real slot reads the feature of its row
-  index - 1 (the same document: position > 0), a chain slot the stand-in; rows drawn by
-  `feature_dropout` get nothing (token-only)."""
+  index - 1 (the same document: position > 0), a chain slot (a mask) the stand-in; rows drawn
+  by `feature_dropout` get nothing (token-only)."""
   before_BxS = jnp.maximum(layout["index"] - 1, 0)
   features_BxSxC = jnp.take_along_axis(features_BxLxC, before_BxS[..., None], axis=1)
   real_BxS = (layout["depths"] == 0) & (layout["positions"] > 0)
-  extra_BxSxD = model.feature_embeddings(features_BxSxC, real_BxS)
-  if step_cfg.feature_dropout > 0:
-    keep_B = jax.vmap(lambda key: jax.random.bernoulli(
-        jax.random.fold_in(key, _DROPOUT_STREAM), 1 - step_cfg.feature_dropout))(row_keys_B)
-    extra_BxSxD = extra_BxSxD * keep_B[:, None, None].astype(extra_BxSxD.dtype)
-  return extra_BxSxD
+  return _drop_features(model.feature_embeddings(features_BxSxC, real_BxS), row_keys_B, step_cfg)
 
 
 _DROPOUT_STREAM = 1 << 20  # the row key's stream for feature dropout (COD uses 1 .. K-1)
+
+
+def _drop_features(extra_BxSxD, row_keys_B, step_cfg: StepConfig):
+  """`extra_BxSxD` zeroed on the rows `feature_dropout` draws (the same rows for every call)."""
+  if step_cfg.feature_dropout <= 0:
+    return extra_BxSxD
+  keep_B = jax.vmap(lambda key: jax.random.bernoulli(
+      jax.random.fold_in(key, _DROPOUT_STREAM), 1 - step_cfg.feature_dropout))(row_keys_B)
+  return extra_BxSxD * keep_B[:, None, None].astype(extra_BxSxD.dtype)
+
+
+def chain_predecessors(index_BxS, counts: Sequence[int]):
+  """The slot before each slot in its chain `[batch, S]`: depth d >= 1 at row index i follows
+  depth d - 1 at row index i - 1 (COD keeps it: the chain property); depth 0, itself."""
+  offsets = np.concatenate([[0], np.cumsum(counts)])
+
+  def one_row(index_S):
+    slots = [jnp.arange(counts[0], dtype=jnp.int32)]
+    for depth in range(1, len(counts)):
+      before = index_S[offsets[depth - 1]:offsets[depth]]  # sorted within a depth
+      slots.append(offsets[depth - 1] + jnp.searchsorted(
+          before, index_S[offsets[depth]:offsets[depth + 1]] - 1).astype(jnp.int32))
+    return jnp.concatenate(slots)
+  return jax.vmap(one_row)(index_BxS)
 
 
 def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
@@ -193,6 +218,19 @@ def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
   return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
 
 
+def cat_weights(teacher_BxLxV, labels_BxL, index_BxS, depths_BxS) -> jax.Array:
+  """PARD-2's CAT weight of each slot `[batch, S]`: for depth k at row index i, the teacher's
+  probability of the k true tokens before the one it predicts, prod_{t=i-k}^{i-1} p(label_t).
+  Its draft is accepted only if those k are, so the weight is how often it is ever verified
+  against a greedy target; depth 0 weighs 1."""
+  log_p_BxLxV = jax.nn.log_softmax(teacher_BxLxV.astype(jnp.float32), axis=-1)
+  log_p_BxL = jnp.take_along_axis(log_p_BxLxV, labels_BxL[..., None], axis=-1)[..., 0]
+  # cumulative_BxL1[:, j] = sum of log_p over row indices < j.
+  cumulative_BxL1 = jnp.pad(jnp.cumsum(log_p_BxL, axis=1), ((0, 0), (1, 0)))
+  at = lambda idx_BxS: jnp.take_along_axis(cumulative_BxL1, idx_BxS, axis=1)
+  return jnp.exp(at(index_BxS) - at(jnp.maximum(index_BxS - depths_BxS, 0)))
+
+
 def layout_hidden(model, batch: dict[str, jax.Array], row_keys_B: jax.Array,
                   step_cfg: StepConfig, features_BxLxC: jax.Array | None = None):
   """The batch's training layout and the drafter's final hidden states over it."""
@@ -203,6 +241,23 @@ def layout_hidden(model, batch: dict[str, jax.Array], row_keys_B: jax.Array,
                                          layout["segment_ids"])
   extra_BxSxD = (None if features_BxLxC is None else
                  layout_features(model, layout, features_BxLxC, row_keys_B, step_cfg))
+  if step_cfg.autoregressive and features_BxLxC is not None:
+    # EAGLE's training-time test: a drafted token reads the drafter's own residual stream at
+    # the slot before it in its chain. Depth d depends on depth d - 1 only, so K - 1 passes
+    # give every depth the input decoding feeds it. The fed-back states carry no gradient:
+    # backpropagating through every pass more than doubled a SmolLM2 step on 2 CPU cores.
+    before_BxS = chain_predecessors(layout["index"], step_cfg.counts)
+    chain_BxSx1 = (layout["depths"] > 0)[..., None]
+    real_extra_BxSxD = extra_BxSxD
+    for _ in range(step_cfg.num_draft_tokens - 1):
+      _, _, own_BxSxD = model.backbone_features(
+          layout["tokens"], layout["positions"], attn_mask_BxSxT=mask_BxSxS,
+          feature_layers=(-1,), extra_BxSxD=extra_BxSxD)
+      own_BxSxD = jnp.take_along_axis(jax.lax.stop_gradient(own_BxSxD), before_BxS[..., None],
+                                      axis=1)
+      own_extra_BxSxD = _drop_features(model.own_feature_embeddings(own_BxSxD), row_keys_B,
+                                       step_cfg)
+      extra_BxSxD = jnp.where(chain_BxSx1, own_extra_BxSxD, real_extra_BxSxD)
   hidden_BxSxD, _ = model.backbone(layout["tokens"], layout["positions"],
                                    attn_mask_BxSxT=mask_BxSxS, extra_BxSxD=extra_BxSxD)
   return layout, hidden_BxSxD
@@ -213,8 +268,8 @@ def layout_loss(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
                  teacher_BxLxV: jax.Array | None = None,
                  features_BxLxC: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Summed weighted loss (`ce_weight` * CE + `kl_weight` * KL) over the layout, and per-depth
-  sums `[K]`.
+  """Summed weighted loss (`ce_weight` * CE + `kl_weight` * KL, times the CAT weight with
+  `cat_weighting`) over the layout, and per-depth sums `[K]`.
 
   Sums (not means) make gradient accumulation and data parallelism exact: the step divides by
   the total weight once.
@@ -232,10 +287,13 @@ def layout_loss(params, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
   stats = dict(nll=per_depth(nll_BxS), correct=per_depth(correct_BxS),
                count=per_depth(jnp.ones_like(nll_BxS)))
   loss_BxS = step_cfg.ce_weight * nll_BxS
-  if teacher_BxLxV is not None:
+  if step_cfg.kl_weight > 0:
     kl_BxS = kl_to_teacher(model.config, logits_BxSxR, teacher_BxLxV, layout["index"])
     stats["kl"] = per_depth(kl_BxS)
     loss_BxS = loss_BxS + step_cfg.kl_weight * kl_BxS
+  if step_cfg.cat_weighting:  # the logged per-depth losses stay unweighted
+    loss_BxS = loss_BxS * cat_weights(teacher_BxLxV, batch["labels"], layout["index"],
+                                      layout["depths"])
   return jnp.sum(loss_BxS * weights_BxS), stats
 
 
