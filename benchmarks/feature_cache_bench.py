@@ -97,7 +97,7 @@ def main(argv):
   target_s = seconds(lambda b: target_fn(setup.teacher_params, batch=b), batches)[1:]
 
   step_s, forward_s = statistics.median(online_s), statistics.median(target_s)
-  per_epoch = rows.num_rows // spec.train.batch_size
+  per_epoch = max(rows.num_rows // spec.train.batch_size, 1)
   epochs = steps / per_epoch
   env = environment()
   results = dict(

@@ -3,14 +3,13 @@
 The defaults are the main job: the SmolLM2-135M-Instruct target with the two drafters trained
 here side by side, the feature drafter (`drafters/smollm2_135m_feature`, reading the target's
 hidden states) and the token-only PARD-1 cut (`drafters/smollm2_135m_pard`), each as `pard`
-(K drafts per forward), and `sd` (the cut, one token per forward), all against `ar`, on the
-first 4 prompts of each evaluation set (a `.jsonl` file of your own is decoded whole unless
-`max_prompts` is set).
+(K drafts per forward) against `ar`, on the first 4 prompts of each evaluation set (a `.jsonl`
+file of your own is decoded whole unless `max_prompts` is set).
 
   python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
       --config.num_draft_tokens=2,4,8 --config.prompts=mtbench,humaneval,gsm8k \
       --config.target=/models/Llama-3.1-8B-Instruct --config.drafter=/models/PARD-Llama-3.2-1B \
-      --config.sd_drafter="" --config.report_dir=/tmp/eval
+      --config.report_dir=/tmp/eval
 
 The field names are a contract other tools rely on; see README.md.
 """
@@ -26,10 +25,10 @@ def get_config():
   config.target = ""  # HF directory or .gguf file; "" = the SmolLM2-135M-Instruct GGUF
   # Same formats, or a delta directory over the target; unused for method=ar. Several as
   # LABEL=PATH,LABEL=PATH: every method but ar and sd runs once with each, side by side.
-  cut = str(ROOT / "drafters/smollm2_135m_pard")
-  config.drafter = f"feature={ROOT / 'drafters/smollm2_135m_feature'},cut={cut}"
-  config.sd_drafter = cut  # the AR drafter for sd and assisted generation; "" = (first) drafter
-  config.method = "ar,sd,pard"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
+  config.drafter = (f"feature={ROOT / 'drafters/smollm2_135m_feature'},"
+                    f"cut={ROOT / 'drafters/smollm2_135m_pard'}")
+  config.sd_drafter = ""  # the AR drafter for sd and assisted generation; "" = (first) drafter
+  config.method = "ar,pard"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
   config.num_draft_tokens = (4,)  # K values, e.g. 2,4,8
   config.mask_token_ids = ()  # override: (id,) for pard, K-1 ids for parallelspec
   config.max_new_tokens = 64

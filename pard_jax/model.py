@@ -159,7 +159,8 @@ def feature_layer_ids(feature_layers, num_layers: int) -> tuple[int, ...]:
 class FeatureInput(nnx.Module):
   """A feature drafter's extra input: the target's features, normalised per layer and projected
   to the drafter's width, added to the token embeddings (PARD-2, P-EAGLE). A position without a
-  target feature (a mask token, a drafted token, the first token) gets a learned stand-in.
+  target feature (a mask token, the first token) gets a learned stand-in; a token the
+  autoregressive peer drafted reads the drafter's own state (`Transformer.own_feature_embeddings`).
 
   The projection starts at zero, so a drafter cut from its target starts as the token-only
   drafter it was: a random projection would swamp its trained input.

@@ -43,8 +43,7 @@ def _config(models, **overrides):
   # Every draft verified: a tiny random drafter is never sure enough for the default threshold.
   config.update(dict(target=str(models / "target"), drafter=str(models / "drafter"),
                      prompts=str(models / "prompts.jsonl"), max_new_tokens=NEW,
-                     sd_drafter="", method="ar", max_prompts=0, stop_token_ids=(),
-                     verify_threshold=0.0))
+                     method="ar", max_prompts=0, stop_token_ids=(), verify_threshold=0.0))
   config.update(overrides)
   return config
 

@@ -43,10 +43,9 @@ def tiny(tmp_path_factory):
 
 
 def _config(root, **overrides):
-  """`D` of the issue: configs/decode.py with its defaults (max_prompts included), the tiny
-  model as target and as every method's drafter."""
+  """`D` of the issue: configs/decode.py with its defaults (max_prompts included)."""
   config = load_config("configs/decode.py")
-  config.update(dict(target=str(root / "H"), drafter=str(root / "H"), sd_drafter="", method="ar",
+  config.update(dict(target=str(root / "H"), drafter=str(root / "H"), method="ar",
                      prompts=str(root / "p3.jsonl"), max_new_tokens=NEW))
   config.update(overrides)
   return config

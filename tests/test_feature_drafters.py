@@ -135,6 +135,16 @@ def test_a_target_the_drafter_was_not_built_for_is_refused(layers, hidden, messa
     SpeculativeDecoder(target, drafter, DecodeConfig(drafter=kinds.PardDrafter(39, layers)))
 
 
+def test_the_autoregressive_peer_needs_the_targets_width():
+  """It feeds its own hidden state where the target's goes: a narrower drafter is refused."""
+  narrow = TARGET.replace(hidden_size=16, head_dim=4, num_layers=1,
+                          feature_size=2 * TARGET.hidden_size, num_feature_layers=2)
+  peer = kinds.AutoregressiveDrafter(LAYERS)
+  assert kinds.feature_layout_error(peer, narrow.replace(hidden_size=32), TARGET) is None
+  assert "its width is 16 and the target's 32" in kinds.feature_layout_error(peer, narrow, TARGET)
+  assert kinds.feature_layout_error(kinds.PardDrafter(39, LAYERS), narrow, TARGET) is None
+
+
 def test_feature_kinds_round_trip_through_config_json():
   for kind in KINDS.values():
     assert kinds.from_hf(kind.to_hf()) == kind

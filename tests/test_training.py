@@ -271,6 +271,18 @@ def test_feature_layers_outside_the_teacher_are_named_before_loading(tmp_path):
     spec.check_model(checkpoints.read_config(tmp_path / "target").model)
 
 
+def test_an_autoregressive_peer_narrower_than_its_teacher_is_named_before_loading(tmp_path):
+  checkpoints.save_hf(create_model(CONFIG), tmp_path / "target")
+  config = tiny_train_config()
+  config.model.init = str(tmp_path / "target")
+  config.drafter.update(dict(method="sd", mask_token_ids=(), feature_layers=(0,)))
+  spec = TrainSpec.from_config(config)
+  spec.check_model(CONFIG)
+  with pytest.raises(ConfigError, match=r"config.drafter.method: sd with features feeds the "
+                     r"drafter's own hidden state .* width \(32, "):
+    spec.check_model(CONFIG.replace(hidden_size=32, head_dim=8))
+
+
 def test_batch_must_divide_data_parallel_mesh():
   config = tiny_train_config(batch_size=6)
   with pytest.raises(ConfigError, match="config.train.batch_size.*mesh size 4"):

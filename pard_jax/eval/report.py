@@ -246,7 +246,8 @@ class Report:
     return "\n".join(lines)
 
   def plot(self) -> list[pathlib.Path]:
-    """Speedup and τ against K per method, and acceptance per depth, one figure each per set."""
+    """Speedup and τ against K per method (and drafter), and acceptance per depth, one figure
+    each per set."""
     if self.directory is None:
       return []
     import matplotlib  # pylint: disable=g-import-not-at-top

@@ -105,7 +105,7 @@ class EvalSpec:
   """What to decode and measure: every (prompt set, method, drafter, K) cell, plus `ar` and
   peers."""
   target: pathlib.Path
-  # (label, path) per drafter of the methods but `ar` and `sd`; label "" when only one.
+  # (label, path) per drafter of the methods but `ar` and `sd`; label "" for one plain path.
   drafters: tuple[tuple[str, pathlib.Path], ...]
   sd_drafter: pathlib.Path | None  # the AR drafter for `sd` and assisted generation
   methods: tuple[str, ...]  # `ar` first: it is every cell's baseline

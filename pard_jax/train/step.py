@@ -1,9 +1,11 @@
 """The PARD train step: COD layout, next-token loss at every depth, AdamW, sharded jit.
 
 A feature drafter trains with the target online: the frozen target runs over each packed row
-and gives the features (and, with KL, the teacher's distributions). Real slots read the feature
-of the position before theirs, mask slots the learned stand-in; with `feature_dropout` a row
-gets no features at all, so the same drafter also drafts from tokens alone.
+and gives the features (and, with KL or CAT, the teacher's distributions). Real slots read the
+feature of the position before theirs, mask slots the learned stand-in; the autoregressive
+peer's chain slots hold true tokens and read the drafter's own hidden state (EAGLE's
+training-time test, `layout_hidden`). With `feature_dropout` a row gets no features at all, so
+the same drafter also drafts from tokens alone.
 
 The train state is a plain pytree `{"params", "opt_state", "step"}` over the NNX parameter state
 (`graphdef, params = nnx.split(model)` once, `nnx.merge` inside the step), so `jax.jit` with
@@ -162,8 +164,9 @@ def teacher_outputs(teacher_params, teacher_graphdef: nnx.GraphDef,
 def layout_features(model, layout: dict[str, jax.Array], features_BxLxC, row_keys_B,
                     step_cfg: StepConfig):
   """What the drafter adds to each slot's embedding: a real slot reads the feature of its row
-  index - 1 (the same document: position > 0), a chain slot (a mask) the stand-in; rows drawn
-  by `feature_dropout` get nothing (token-only)."""
+  index - 1 (the same document: position > 0), a chain slot the stand-in (which the
+  autoregressive peer replaces by its own state, `layout_hidden`); rows drawn by
+  `feature_dropout` get nothing (token-only)."""
   before_BxS = jnp.maximum(layout["index"] - 1, 0)
   features_BxSxC = jnp.take_along_axis(features_BxLxC, before_BxS[..., None], axis=1)
   real_BxS = (layout["depths"] == 0) & (layout["positions"] > 0)
@@ -221,8 +224,9 @@ def kl_to_teacher(config, logits_BxSxR, teacher_BxLxV, index_BxS) -> jax.Array:
 def cat_weights(teacher_BxLxV, labels_BxL, index_BxS, depths_BxS) -> jax.Array:
   """PARD-2's CAT weight of each slot `[batch, S]`: for depth k at row index i, the teacher's
   probability of the k true tokens before the one it predicts, prod_{t=i-k}^{i-1} p(label_t).
-  Its draft is accepted only if those k are, so the weight is how often it is ever verified
-  against a greedy target; depth 0 weighs 1."""
+  Its draft counts only if those k drafts are accepted first, and when they are the target's
+  own samples that happens with this probability (a soft version of it under greedy); depth 0
+  weighs 1."""
   log_p_BxLxV = jax.nn.log_softmax(teacher_BxLxV.astype(jnp.float32), axis=-1)
   log_p_BxL = jnp.take_along_axis(log_p_BxLxV, labels_BxL[..., None], axis=-1)[..., 0]
   # cumulative_BxL1[:, j] = sum of log_p over row indices < j.
@@ -307,7 +311,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
 
   Chunk c takes rows c, c + accum_steps, ... so every chunk stays split over the data axes. Each
   row's COD sample depends only on (rng, step, row), so accumulation does not change the layout.
-  With `step_cfg.uses_teacher` (KL or features) the teacher (a frozen model, usually the
+  With `step_cfg.uses_teacher` (KL, CAT or features) the teacher (a frozen model, usually the
   target) runs on each chunk.
   """
   def chunk(x):  # [batch, ...] -> [accum_steps, batch / accum_steps, ...]
