@@ -1,6 +1,7 @@
 """HF directory / sharded index / GGUF loading, HF export, and clear errors on bad files."""
 
 import json
+import shutil
 
 import gguf
 import jax
@@ -15,6 +16,7 @@ from pard_jax import checkpoints, drafter_kinds
 from pard_jax.errors import ConfigError
 from pard_jax.model import grow_vocab
 from pard_jax.sharding import make_mesh
+from tests.helpers import ROOT
 from tests.hf_helpers import hf_logits, save_hf_model
 
 
@@ -321,6 +323,20 @@ def test_delta_of_a_grown_vocabulary_stores_the_new_rows(tmp_path, tokens):
   with pytest.raises(checkpoints.CheckpointError, match=r"embed_tokens.weight is \(96, .*in the "
                      r"model but \(99, .*in the base"):
     checkpoints.save_delta(base, tmp_path / "bad", tmp_path / "grown")
+
+
+def test_a_delta_without_tokenizer_files_has_its_bases_tokenizer(tmp_path):
+  """decode.py compares a grown-vocabulary drafter's tokenizer with the target's: a delta's
+  is its base's."""
+  save_hf_model("llama3", tmp_path / "base")
+  for file in (ROOT / "data/tiny_tokenizer").iterdir():
+    shutil.copy(file, tmp_path / "base")
+  base = checkpoints.load_model(tmp_path / "base")
+  checkpoints.save_delta(grow_vocab(base, base.config.vocab_size + 3), tmp_path / "delta",
+                         tmp_path / "base")
+  assert not list((tmp_path / "delta").glob("tokenizer*"))
+  expected = checkpoints.load_tokenizer(tmp_path / "base").get_vocab()
+  assert checkpoints.load_tokenizer(tmp_path / "delta").get_vocab() == expected
 
 
 def test_delta_with_a_missing_base_names_it(tmp_path):

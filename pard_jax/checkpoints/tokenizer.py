@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 import pathlib
 
+from pard_jax.checkpoints.config_json import read_config
+
 
 def load_tokenizer(path: str | os.PathLike):
-  """`transformers.AutoTokenizer` for a HF directory or a `.gguf` file (chat template kept)."""
+  """`transformers.AutoTokenizer` for a HF directory or a `.gguf` file (chat template kept); a
+  delta directory without tokenizer files has its base's."""
   from transformers import AutoTokenizer
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"tokenizer source not found: {path}")
+  if path.is_dir() and not any(path.glob("tokenizer*")):
+    delta = read_config(path).delta
+    if delta is not None:
+      path = delta.resolve(path)
   if path.suffix == ".gguf":
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
   return AutoTokenizer.from_pretrained(path)
