@@ -15,7 +15,7 @@ def load_tokenizer(path: str | os.PathLike):
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"tokenizer source not found: {path}")
-  if path.is_dir() and not any(path.glob("tokenizer*")):
+  if path.is_dir() and (path / "config.json").exists() and not any(path.glob("tokenizer*")):
     delta = read_config(path).delta
     if delta is not None:
       path = delta.resolve(path)
