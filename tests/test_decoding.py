@@ -328,7 +328,7 @@ def _wrong_verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy, num_verified=None)
   return accepted_B, committed
 
 
-@pytest.mark.parametrize("method", ["sd", "pard"])
+@pytest.mark.parametrize("method", [pytest.param("sd", marks=pytest.mark.slow), "pard"])
 def test_chi_square_rejects_a_wrong_acceptance_rule(method, monkeypatch):
   # jit caches traces by function and static arguments: drop them around the swap.
   jax.clear_caches()

@@ -240,6 +240,7 @@ def test_a_prompt_longer_than_cache_len_names_file_and_line(tiny, no_model_loadi
 
 # 10. A report folder serves any subset of what it holds and extends it; it never crashes.
 
+@pytest.mark.slow
 def test_a_report_dir_serves_subsets_and_extensions(tiny, tmp_path, decoded, monkeypatch):
   report_dir = tmp_path / "R"
   job.run(_config(tiny, method="ar,sd", num_draft_tokens=(2,), report_dir=str(report_dir)))

@@ -46,7 +46,7 @@ SLOW = pytest.mark.slow
 
 @pytest.mark.parametrize("method, verify_threshold", [
     ("pard", 0.0), pytest.param("sd", 0.05, marks=SLOW), pytest.param("pard", 0.05, marks=SLOW),
-    pytest.param("parallelspec", 0.0, marks=SLOW), ("parallelspec", 0.05),
+    pytest.param("parallelspec", 0.0, marks=SLOW), pytest.param("parallelspec", 0.05, marks=SLOW),
     pytest.param("sd", 0.0, marks=SLOW)])
 def test_greedy_feature_drafting_equals_autoregressive(method, verify_threshold):
   target, drafter = models()
@@ -58,6 +58,7 @@ def test_greedy_feature_drafting_equals_autoregressive(method, verify_threshold)
   assert spec.output_ids == ar.output_ids
 
 
+@pytest.mark.slow
 def test_features_change_the_drafts():
   """The features reach the drafter: without them the same weights draft differently."""
   target, drafter = models()
@@ -68,6 +69,7 @@ def test_features_change_the_drafts():
   assert with_them.accepted_drafts != alone.accepted_drafts
 
 
+@pytest.mark.slow
 def test_loop_carries_the_targets_features():
   """After decoding, the feature buffer holds at every committed position what a fresh target
   forward over the whole output gives there."""
@@ -152,7 +154,8 @@ def test_feature_kinds_round_trip_through_config_json():
   assert kinds.for_method("pard", KINDS["pard"], (38,)) == kinds.PardDrafter(38, LAYERS)
 
 
-@pytest.mark.parametrize("method", ["pard", pytest.param("parallelspec", marks=SLOW),
+@pytest.mark.parametrize("method", [pytest.param("pard", marks=SLOW),
+                                    pytest.param("parallelspec", marks=SLOW),
                                     pytest.param("sd", marks=SLOW)])
 def test_training_layout_logits_equal_inference_logits(method):
   """Each slot of the training layout, with features from the online target, gives the logits

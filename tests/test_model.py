@@ -78,6 +78,7 @@ def test_causality_future_tokens_never_change_past_logits():
   assert not np.allclose(np.asarray(a[:, 7:]), np.asarray(b[:, 7:]))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32():
   config = ModelConfig(vocab_size=64)
   model32 = create_model(config)

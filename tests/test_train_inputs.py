@@ -207,6 +207,7 @@ def write_tfds(data_dir, records):
   TinyChatTfds(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
 
 
+@pytest.mark.slow
 def test_tfds_source_trains_end_to_end(tmp_path):
   lines = (ROOT / "data" / "tiny_chat.jsonl").read_text().splitlines()[:40]
   records = [json.loads(line) for line in lines]

@@ -72,7 +72,7 @@ def frozen_run(tied: bool, frozen_head: bool):
   return jax.device_get(params), jax.device_get(state["params"])
 
 
-@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("tied", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
   before, after = frozen_run(tied, frozen_head=True)
   changed = lambda get: not np.array_equal(get(before), get(after))
@@ -90,6 +90,7 @@ def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
     step_lib.make_optimizer(step_lib.OptimizerConfig(), trainable="heads")
 
 
+@pytest.mark.slow
 def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   batch = packed_batch([[24], [24]], 24, seed=2, vocab=96)
   ids = data.frequent_tokens(data.PackedRows(**batch), 40, CONFIG.vocab_size)
@@ -142,6 +143,7 @@ def test_kl_loss_matches_a_reference_computation():
   assert stats["kl"].shape == (3,) and np.all(stats["kl"] > 0)
 
 
+@pytest.mark.slow
 def test_cat_weighting_weighs_each_slot_by_the_teachers_probability_of_its_chain():
   """PARD-2's CAT: a depth-k slot at row index i weighs prod_{t=i-k}^{i-1} p_teacher(label_t)."""
   counts = layout.cod_counts(12, 3, 0.8, 0.3)
@@ -187,6 +189,7 @@ def test_sharded_step_matches_single_device():
   assert int(single["step"]) == 2 and single_metrics["tokens_per_depth"][0] > 0
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch():
   mesh = sharding.make_mesh((2, 1, 1), jax.devices()[:2])
   full, full_metrics = run_steps(mesh, accum_steps=1, steps=1)
