@@ -20,7 +20,6 @@ Writes benchmarks/results/decode_<device>_<dtype>[_drafter].{json,md}.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 import time
@@ -38,7 +37,7 @@ from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
 from pard_jax.eval.peers import load_transformers_model  # noqa: E402
 from pard_jax.eval.prompts import JsonlFile  # noqa: E402
-from pard_jax.eval.report import device_name, device_slug  # noqa: E402
+from pard_jax.eval.report import device_name, device_slug, write_results  # noqa: E402
 from pard_jax.model import init_cache  # noqa: E402
 
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute/param dtype")
@@ -236,13 +235,9 @@ def main(argv):
         ours_ar_vs_hf_generate=ar["tokens_per_second"] / hf_ar["tokens_per_second"],
         ours_sd_vs_hf_assisted=sd["tokens_per_second"] / hf_sd["tokens_per_second"])
 
-  out_dir = pathlib.Path(_OUT.value)
-  out_dir.mkdir(parents=True, exist_ok=True)
   slug = device_slug(results["device"]) + f"_{dtype}"
   slug += "_drafter" if _DRAFTER.value else ""
-  (out_dir / f"decode_{slug}.json").write_text(json.dumps(results, indent=2))
-  (out_dir / f"decode_{slug}.md").write_text(to_markdown(results))
-  print(to_markdown(results))
+  write_results(_OUT.value, f"decode_{slug}", results, to_markdown(results))
 
 
 def _verified(row: dict) -> str:

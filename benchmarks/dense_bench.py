@@ -34,7 +34,7 @@ from flax import nnx  # noqa: E402
 
 from pard_jax import checkpoints  # noqa: E402
 from pard_jax import model as model_lib  # noqa: E402
-from pard_jax.eval.report import device_name, device_slug  # noqa: E402
+from pard_jax.eval.report import device_name, device_slug, write_results  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 15, "timed repeats (best is kept)")
 _FORWARD_ONLY = flags.DEFINE_bool("forward_only", False, "print part 2 as JSON and exit (part 4)")
@@ -152,12 +152,8 @@ def main(argv):
   results["xla_options_forward_ms"] = options
   results["fused_forward_ms"] = forward_ms(fused(target))
 
-  out_dir = pathlib.Path(_OUT.value)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  slug = device_slug(results["device"])
-  (out_dir / f"decode_{slug}_dense.json").write_text(json.dumps(results, indent=2))
-  (out_dir / f"decode_{slug}_dense.md").write_text(to_markdown(results))
-  print(to_markdown(results))
+  write_results(_OUT.value, f"decode_{device_slug(results['device'])}_dense", results,
+                to_markdown(results))
 
 
 def to_markdown(r: dict) -> str:

@@ -13,7 +13,6 @@ go to `benchmarks/results/feature_cache_<device>.{json,md}`.
 from __future__ import annotations
 
 import functools
-import json
 import pathlib
 import statistics
 import sys
@@ -29,7 +28,7 @@ import jax  # noqa: E402
 from pard_jax import checkpoints  # noqa: E402
 from pard_jax import data as data_lib  # noqa: E402
 from pard_jax import sharding as sharding_lib  # noqa: E402
-from pard_jax.eval.report import device_slug, environment  # noqa: E402
+from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
 from pard_jax.train import loop  # noqa: E402
 from pard_jax.train import step as step_lib  # noqa: E402
 from pard_jax.train.spec import TrainSpec  # noqa: E402
@@ -114,12 +113,8 @@ def main(argv):
       cached_run_min=(per_epoch * forward_s + steps * (step_s - forward_s)) / 60)
   results["cache_gb"] = (rows.num_rows * spec.data.length * results["feature_size"]
                          * CACHE_BYTES_PER_VALUE / 1e9)
-  out_dir = pathlib.Path(_OUT.value)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  slug = device_slug(results["device"])
-  (out_dir / f"feature_cache_{slug}.json").write_text(json.dumps(results, indent=2))
-  (out_dir / f"feature_cache_{slug}.md").write_text(to_markdown(results))
-  print(to_markdown(results))
+  write_results(_OUT.value, f"feature_cache_{device_slug(results['device'])}", results,
+                to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,16 @@ def device_slug(device: str) -> str:
   return "_".join("".join(c for c in w if c.isalnum()) for w in words.split()[:3])
 
 
+def write_results(out_dir: str | os.PathLike, stem: str, results: dict[str, Any],
+                  markdown: str) -> None:
+  """A benchmark's results as `out_dir/stem.json` and `stem.md`, and the markdown printed."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+  (out_dir / f"{stem}.md").write_text(markdown)
+  print(markdown)
+
+
 def environment() -> dict[str, Any]:
   versions = {}
   for package in ("jax", "jaxlib", "flax", "transformers", "torch"):
