@@ -56,6 +56,13 @@ def _drafters(value) -> tuple[tuple[str, pathlib.Path], ...]:
   return tuple(drafters)
 
 
+def _labels(method: str, drafters: tuple[tuple[str, pathlib.Path], ...]) -> tuple[str, ...]:
+  """The drafter labels of a method's cells: one per drafter but for `ar` and `sd`."""
+  if method in ("ar", "sd") or not drafters:
+    return ("",)
+  return tuple(label for label, _ in drafters)
+
+
 def _kind(method: str, path: pathlib.Path | None, models: dict, mask_ids: tuple[int, ...],
           use_target_features: bool) -> kinds.DrafterKind:
   """The kind `method` runs with the drafter at `path` (its config.json's declaration)."""
@@ -162,10 +169,7 @@ class EvalSpec:
     return tuple(dict.fromkeys(("",) + tuple(label for label, _ in self.drafters)))
 
   def labels_for(self, method: str) -> tuple[str, ...]:
-    """The drafter labels of a method's cells: one per drafter but for `ar` and `sd`."""
-    if method in ("ar", "sd") or not self.drafters:
-      return ("",)
-    return tuple(label for label, _ in self.drafters)
+    return _labels(method, self.drafters)
 
   def cells(self) -> list[tuple[str, str, int]]:
     """(method, drafter label, K) per cell of one prompt set; `ar` has K = 0 and comes first."""
@@ -287,7 +291,7 @@ class EvalSpec:
     drafter_kinds = {}
     labelled = dict(drafters)
     for method in methods:
-      for label in ("",) if method in ("ar", "sd") or not drafters else labelled:
+      for label in _labels(method, drafters):
         path = sd_drafter if method == "sd" else labelled.get(label, drafter)
         drafter_kinds[method, label] = kind = _kind(method, path, models, mask_ids,
                                                     c.use_target_features)
