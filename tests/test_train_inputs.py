@@ -185,6 +185,17 @@ def test_bad_optimizer_values_name_the_field(field, value, message):
     TrainSpec.from_config(tiny_train_config(**{field: value}))
 
 
+@pytest.mark.parametrize("source, message", [
+    ("a.jsonl,,b.jsonl", "lists an empty source: 'a.jsonl,,b.jsonl'"),
+    ("sharegpt, sharegpt", "lists a source twice"),
+])
+def test_bad_source_lists_name_the_field(source, message):
+  config = tiny_train_config()
+  config.data.source = source
+  with pytest.raises(ConfigError, match=f"config.data.source: {message}"):
+    TrainSpec.from_config(config)
+
+
 def write_tfds(data_dir, records):
   """`records` as a local TFDS dataset `tiny_chat_tfds` in array_record files, with TFDS's own
   builder (no tensorflow, no download)."""

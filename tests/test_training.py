@@ -1,6 +1,7 @@
 """Train step (sharded vs single device, accumulation), schedules, config checks, tiny runs."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -378,6 +379,20 @@ def test_tiny_feature_drafter_trains_with_its_target_online_and_decodes(tmp_path
                      prompts=str(ROOT / "data/prompts/chat.jsonl"), max_prompts=2))
   cell = job.run(decode).cell("chat", "pard", 4)
   assert cell.identical_to_ar == 2, cell
+
+  # Trained on from its delta, with a second source: the new delta is over the same target.
+  more = tmp_path / "more.jsonl"
+  more.write_text(json.dumps({"text": "Plain text is data too, with KL to the target."}) + "\n")
+  config.model.update(dict(init=str(tmp_path / "drafter" / "delta"), keep_layers=()))
+  config.loss.teacher = str(target)
+  config.data.source = f"{config.data.source},{more}"
+  config.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, learning_rate=1e-9))
+  loop.train(config, str(tmp_path / "more"))
+  delta = checkpoints.read_config(tmp_path / "more" / "delta").delta
+  assert pathlib.Path(delta.base).resolve() == target.resolve() and delta.keep_layers == (0,)
+  more = checkpoints.load_model(tmp_path / "more" / "delta")  # it started as the drafter
+  np.testing.assert_allclose(more.features.feature_proj.kernel[...],
+                             drafter.features.feature_proj.kernel[...], atol=1e-3)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -13,7 +13,7 @@ from flax import nnx
 
 from pard_jax.checkpoints import delta
 from pard_jax.checkpoints.checkpoint import Checkpoint
-from pard_jax.checkpoints.config_json import write_config
+from pard_jax.checkpoints.config_json import read_config, write_config
 from pard_jax.checkpoints.safetensors_io import write_safetensors
 from pard_jax.drafter_kinds import DrafterKind
 from pard_jax.errors import CheckpointError
@@ -63,8 +63,16 @@ def save_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer=None,
 def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.PathLike,
                keep_layers: Sequence[int] = (), dtype: str = "float16",
                max_changed_rows: float = 0.5, drafter: DrafterKind | None = None) -> pathlib.Path:
-  """Writes what `model` changes over `base` (cut to `keep_layers`), stored in `dtype`."""
+  """Writes what `model` changes over `base` (cut to `keep_layers`), stored in `dtype`.
+
+  A `base` that is itself a delta (a drafter trained on from a shipped one) is replaced by its
+  own base, so a delta always names a plain checkpoint and loads without the first delta.
+  """
   base = pathlib.Path(base)
+  while (over := read_config(base).delta) is not None:
+    if over.keep_layers:
+      keep_layers = tuple(over.keep_layers[i] for i in keep_layers) or over.keep_layers
+    base = over.resolve(base)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   fetch_base = Checkpoint.open(base).cut(keep_layers).fetch

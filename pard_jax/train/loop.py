@@ -65,8 +65,9 @@ def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
 
 def load_rows(spec: TrainSpec, tokenizer) -> data_lib.PackedRows:
   d = spec.data
-  records = data_lib.load_records(d.source, d.split, d.tfds_data_dir)
-  docs = data_lib.tokenize_records(records, tokenizer, d.assistant_only_loss)
+  docs = [doc for source in data_lib.split_sources(d.source)
+          for doc in data_lib.tokenize_records(data_lib.load_records(
+              source, d.split, d.tfds_data_dir), tokenizer, d.assistant_only_loss)]
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   return data_lib.pack(docs, d.length, d.seed, pad_id)
 

@@ -18,6 +18,7 @@ from typing import Any
 from absl import logging
 from jax.sharding import Mesh
 
+from pard_jax import data as data_lib
 from pard_jax import drafter_kinds as kinds
 from pard_jax import layout as layout_lib
 from pard_jax.checkpoints import assets
@@ -268,13 +269,17 @@ def _tokenizer(c) -> pathlib.Path:
 
 
 def _data(d) -> DataSpec:
-  require(bool(d.source), "data.source", "is required (jsonl/json/parquet path, hub dataset "
-          "name or tfds:NAME)")
+  require(bool(d.source), "data.source", "is required (jsonl/json/parquet path, sharegpt, hub "
+          "dataset name or tfds:NAME; several comma-separated)")
+  sources = data_lib.split_sources(d.source)
+  require(all(sources), "data.source", f"lists an empty source: {d.source!r}")
+  require(len(set(sources)) == len(sources), "data.source",
+          f"lists a source twice: {d.source!r}")
   require(_is_int(d.length) and d.length >= 1, "data.length",
           f"must be an integer >= 1, got {d.length!r}")
   tfds_data_dir = None
   if d.tfds_data_dir:
-    require(d.source.startswith("tfds:"), "data.tfds_data_dir",
+    require(any(source.startswith("tfds:") for source in sources), "data.tfds_data_dir",
             f"is only read for data.source='tfds:NAME', got data.source={d.source!r}")
     tfds_data_dir = pathlib.Path(d.tfds_data_dir).expanduser()
     require(tfds_data_dir.is_dir(), "data.tfds_data_dir",
