@@ -9,7 +9,7 @@ catch-up of K+1 committed tokens (the most an iteration can leave) and then the 
 and K-1 one-token forwards), with the target's features for a feature drafter, greedy, batch
 1, its restricted head when it has one. A target forward is not included: the decode report's
 "ms per iteration" is this plus the verify forward plus the loop. Best of `--repeats`; the
-first call compiles. Results go to `benchmarks/results/draft_cost_<device>.{json,md}`.
+first call compiles; a K the drafter cannot draft is "-". Results go to `benchmarks/results/draft_cost_<device>.{json,md}`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from flax import nnx  # noqa: E402
 
 from pard_jax import checkpoints, drafting, sampling  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
+from pard_jax.errors import ConfigError  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
 from pard_jax.model import init_cache  # noqa: E402
 
@@ -70,6 +71,15 @@ def draft_ms(model, kind, k: int, feature_size: int) -> float:
   return 1000 * min(samples)
 
 
+def drafts_at(kind, k: int) -> bool:
+  """Whether the drafter drafts K tokens (a ParallelSpec drafter has K-1 distinct masks)."""
+  try:
+    kind.mask_ids(k)
+  except ConfigError:
+    return False
+  return True
+
+
 def to_markdown(r) -> str:
   ks = r["num_draft_tokens"]
   lines = ["# Drafter cost per decoding iteration", "", f"- device: {r['device']}",
@@ -80,7 +90,8 @@ def to_markdown(r) -> str:
                f"ms, K = {k}" for k in ks) + " |", "|---|---|---|" + "---|" * len(ks)]
   for row in r["drafters"]:
     lines.append(f"| {row['label']} (`{row['path']}`) | {row['kind']} | {row['forwards']} | "
-                 + " | ".join(f"{row['ms'][str(k)]:.1f}" for k in ks) + " |")
+                 + " | ".join(f"{row['ms'][str(k)]:.1f}" if str(k) in row["ms"] else "-"
+                              for k in ks) + " |")
   return "\n".join(lines + [""])
 
 
@@ -97,7 +108,8 @@ def main(argv):
   for label, path in drafters:
     kind = checkpoints.read_config(path).drafter
     model = checkpoints.load_model(path, dtype="float32")
-    ms = {str(k): draft_ms(model, kind, k, model.config.feature_size) for k in ks}
+    ms = {str(k): draft_ms(model, kind, k, model.config.feature_size) for k in ks
+          if drafts_at(kind, k)}
     forwards = "K" if isinstance(kind, kinds.AutoregressiveDrafter) else "1"
     rows.append(dict(label=label, path=path, kind=kind.method, forwards=forwards, ms=ms))
     print(f"{label}: " + ", ".join(f"K={k} {v:.1f} ms" for k, v in ms.items()))

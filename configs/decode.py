@@ -1,8 +1,8 @@
 """Decoding / evaluation settings for decode.py.
 
 The defaults are the main job: the SmolLM2-135M-Instruct target with the two drafters trained
-here side by side, the feature drafter (`drafters/smollm2_135m_feature`, reading the target's
-hidden states) and the token-only PARD-1 cut (`drafters/smollm2_135m_pard`), each as `pard`
+here side by side, the feature drafter (`drafters/smollm2_135m_feature_kl`, reading the
+target's hidden states) and the token-only PARD-1 cut (`drafters/smollm2_135m_pard`), each as `pard`
 (K drafts per forward) against `ar`, on the first 4 prompts of each evaluation set (a `.jsonl`
 file of your own is decoded whole unless `max_prompts` is set).
 
@@ -25,7 +25,7 @@ def get_config():
   config.target = ""  # HF directory or .gguf file; "" = the SmolLM2-135M-Instruct GGUF
   # Same formats, or a delta directory over the target; unused for method=ar. Several as
   # LABEL=PATH,LABEL=PATH: every method but ar and sd runs once with each, side by side.
-  config.drafter = (f"feature={ROOT / 'drafters/smollm2_135m_feature'},"
+  config.drafter = (f"feature={ROOT / 'drafters/smollm2_135m_feature_kl'},"
                     f"cut={ROOT / 'drafters/smollm2_135m_pard'}")
   config.sd_drafter = ""  # the AR drafter for sd and assisted generation; "" = (first) drafter
   config.method = "ar,pard"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)

