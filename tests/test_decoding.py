@@ -304,7 +304,10 @@ def _draw(method, top_k, seed=0, draft_vocab=None, verify_threshold=0.0):
 
 
 @pytest.mark.parametrize("method, top_k, draft_vocab, verify_threshold", [
-    ("sd", 0, None, 0), ("pard", 0, None, 0), ("sd", 3, None, 0), ("pard", 3, None, 0),
+    # Plain sd and top-k pard run in the full suite; the fast subset keeps sd with top-k, a
+    # restricted head and a verify threshold, and plain pard.
+    pytest.param("sd", 0, None, 0, marks=pytest.mark.slow), ("pard", 0, None, 0),
+    ("sd", 3, None, 0), pytest.param("pard", 3, None, 0, marks=pytest.mark.slow),
     ("sd", 0, (0, 2, 3), 0), ("pard", 0, (1, 4), 0),  # restricted heads: q = 0 elsewhere
     ("parallelspec", 0, None, 0), ("sd", 0, None, 0.1), ("pard", 0, None, 0.1)])
 def test_sampling_preserves_target_distribution(method, top_k, draft_vocab, verify_threshold):

@@ -395,6 +395,7 @@ def test_tiny_feature_drafter_trains_with_its_target_online_and_decodes(tmp_path
                              drafter.features.feature_proj.kernel[...], atol=1e-3)
 
 
+@pytest.mark.slow  # the fast subset keeps the nan checks of test_train_inputs.py
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   # Diverges at step 5 (a nan gradient); 1e30 diverged at step 2, before any checkpoint.
   config = tiny_train_config(num_steps=30, checkpoint_every=2, learning_rate=1e4)
