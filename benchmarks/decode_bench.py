@@ -32,6 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.timing import best_seconds  # noqa: E402
 from pard_jax import checkpoints  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
@@ -72,13 +73,8 @@ def time_steps(model, widths, cache_len, repeats=10) -> dict[int, float]:
     cache = init_cache(model.config, 1, cache_len)
     tokens = jnp.ones((1, width), jnp.int32)
     positions = first_position + jnp.arange(width)[None]
-    jax.block_until_ready(step(state, tokens, positions, cache))
-    samples = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(step(state, tokens, positions, cache))
-      samples.append(time.perf_counter() - start)
-    times[width if first_position else "prefill"] = min(samples)
+    times[width if first_position else "prefill"] = best_seconds(
+        step, state, tokens, positions, cache, repeats=repeats)
   return times
 
 

@@ -21,7 +21,6 @@ import pathlib
 import resource
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -32,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.timing import best_seconds  # noqa: E402
 from pard_jax import checkpoints  # noqa: E402
 from pard_jax import model as model_lib  # noqa: E402
 from pard_jax.eval.report import device_name, device_slug, write_results  # noqa: E402
@@ -51,13 +51,7 @@ XLA_OPTIONS = ("--xla_cpu_use_xnnpack=true "
 
 
 def best_ms(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  samples = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    samples.append(time.perf_counter() - start)
-  return 1000 * min(samples)
+  return 1000 * best_seconds(fn, *args, repeats=_REPEATS.value)
 
 
 def dense_us(shape: tuple[int, int], layers: int = 30) -> dict[str, dict[int, float]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import pathlib
 import sys
-import time
 
 from absl import app, flags
 
@@ -28,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.timing import best_seconds  # noqa: E402
 from pard_jax import checkpoints, drafting, sampling  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.errors import ConfigError  # noqa: E402
@@ -63,13 +63,7 @@ def draft_ms(model, kind, k: int, feature_size: int) -> float:
           jnp.array([length - k - 1]),
           jnp.ones((1, _CACHE.value, feature_size), jnp.float32) if feature_size else None,
           jax.random.key(0))
-  jax.block_until_ready(step(*args))
-  samples = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(step(*args))
-    samples.append(time.perf_counter() - start)
-  return 1000 * min(samples)
+  return 1000 * best_seconds(step, *args, repeats=_REPEATS.value)
 
 
 def drafts_at(kind, k: int) -> bool:
