@@ -309,6 +309,17 @@ def grow_vocab(model: Transformer, vocab_size: int) -> Transformer:
   return nnx.merge(new_graphdef, jax.tree.map(grow, state, new_abstract))
 
 
+def make_identity_layers(model: Transformer, layers) -> Transformer:
+  """`model` with decoder `layers` passing their input through: their attention and MLP
+  output projections zeroed, so a body grown with them computes what it did without them
+  (and the zeroed projections still get gradients, so the layers learn)."""
+  for i in layers:
+    layer = model.layers[i]
+    for dense in (layer.self_attn.o_proj, layer.mlp.down_proj):
+      dense.kernel[...] = jnp.zeros_like(dense.kernel[...])
+  return model
+
+
 def add_feature_input(model: Transformer, num_feature_layers: int,
                       feature_size: int) -> Transformer:
   """`model` as a feature drafter reading `num_feature_layers` target layers (`feature_size`

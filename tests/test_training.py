@@ -214,6 +214,7 @@ def test_gradient_accumulation_matches_full_batch():
     ("train.schedule", "step", "config.train.schedule"),
     ("train.trainable", "heads", "config.train.trainable: unknown value 'heads'"),
     ("model.keep_layers", (0, 1), "config.model.keep_layers: cuts the layers of model.init"),
+    ("model.identity_layers", (1, 1), "config.model.identity_layers: must be distinct"),
     ("train.grad_accum_steps", 3, "config.train.grad_accum_steps"),
     ("train.learning_rate", 0.0, "config.train.learning_rate"),
     ("model.dtype", "int8", "config.model.dtype"),
@@ -346,6 +347,34 @@ def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
                      verify_threshold=0.0))
   cell = job.run(decode).cell("chat", "parallelspec", 4)
   assert cell.identical_to_ar == 2 and cell.tau > 1.2, cell
+
+
+def test_identity_layers_grow_a_drafter_that_drafts_as_before(tmp_path):
+  """keep_layers=(0, 0) with identity_layers=(1,): two layers whose logits are the one-layer
+  cut's, the new layer still learning (its zeroed projections get gradients); its delta over
+  the original base loads as the grown model."""
+  checkpoints.save_hf(create_model(TrainSpec.from_config(tiny_train_config()).model.arch, 3),
+                      tmp_path / "base")
+  config = tiny_train_config()
+  config.model.update(dict(init=str(tmp_path / "base"), keep_layers=(0, 0),
+                           identity_layers=(1,)))
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  grown = loop.init_model(TrainSpec.from_config(config), mesh)
+  one = checkpoints.load_model(tmp_path / "base", keep_layers=(0,))
+  tokens = jnp.arange(12)[None] % one.config.vocab_size
+  positions = jnp.arange(12)[None]
+  np.testing.assert_allclose(grown(tokens, positions)[0], one(tokens, positions)[0], atol=1e-5)
+  graphdef, params = nnx.split(grown)
+  grads = jax.grad(lambda p: nnx.merge(graphdef, p)(tokens, positions)[0][0, :, 0].sum())(params)
+  assert float(jnp.abs(grads["layers"][1]["mlp"]["down_proj"]["kernel"][...]).max()) > 0
+  checkpoints.save_delta(grown, tmp_path / "delta", tmp_path / "base", keep_layers=(0, 0),
+                         dtype="float32")
+  np.testing.assert_allclose(checkpoints.load_model(tmp_path / "delta")(tokens, positions)[0],
+                             grown(tokens, positions)[0], atol=1e-5)
+  config.model.identity_layers = (2,)
+  with pytest.raises(ConfigError, match=r"config.model.identity_layers: \[2\] must be layer "
+                     r"indices in \[0, 2\) of the drafter as cut"):
+    loop.init_model(TrainSpec.from_config(config), mesh)
 
 
 @pytest.mark.slow

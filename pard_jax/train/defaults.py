@@ -30,6 +30,10 @@ def default_config() -> ml_collections.ConfigDict:
       init="",
       # Cut `init` to these decoder layers, in order (a drafter from its own target); () = all.
       keep_layers=(),
+      # Layers (numbered after the cut) that start as the identity, their attention and MLP
+      # output projections at zero: keep_layers=(0, 0) with identity_layers=(1,) grows a
+      # trained 1-layer drafter to 2 layers that drafts exactly as before until trained.
+      identity_layers=(),
       # > 0: restrict the drafter's head to the data's most frequent tokens (saved as
       # `draft_vocab` in config.json); cheaper steps and drafts, still exact. 0 = whole vocab.
       draft_vocab_size=0,

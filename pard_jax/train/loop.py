@@ -28,7 +28,8 @@ from pard_jax import data as data_lib
 from pard_jax import drafter_kinds as kinds
 from pard_jax import sharding as sharding_lib
 from pard_jax.errors import CheckpointError, ConfigError
-from pard_jax.model import Transformer, add_feature_input, create_model, grow_vocab
+from pard_jax.model import (Transformer, add_feature_input, create_model, grow_vocab,
+                            make_identity_layers)
 from pard_jax.train import checkpointing
 from pard_jax.train import step as step_lib
 from pard_jax.train.export import export
@@ -52,15 +53,18 @@ def initialize_distributed(spec: TrainSpec) -> None:
 
 
 def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
-  """The drafter's starting point: `model.init` (cut to `keep_layers`) or a fresh `model.arch`.
+  """The drafter's starting point: `model.init` (cut to `keep_layers`, `identity_layers`
+  zeroed) or a fresh `model.arch`.
   The model's config is checked against the spec before any weight is read."""
   m = spec.model
   if m.init is None:
     spec.check_model(m.arch)
-    return create_model(m.arch, m.seed)
-  spec.check_model(checkpoints.read_config(m.init).model)
-  return checkpoints.load_model(m.init, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh,
-                                keep_layers=m.keep_layers)
+    model = create_model(m.arch, m.seed)
+  else:
+    spec.check_model(checkpoints.read_config(m.init).model)
+    model = checkpoints.load_model(m.init, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh,
+                                   keep_layers=m.keep_layers)
+  return make_identity_layers(model, m.identity_layers)
 
 
 def load_rows(spec: TrainSpec, tokenizer) -> data_lib.PackedRows:

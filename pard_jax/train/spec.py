@@ -38,6 +38,7 @@ class ModelSpec:
   init: pathlib.Path | None  # None: a from-scratch model of `arch`
   arch: ModelConfig | None
   keep_layers: tuple[int, ...]
+  identity_layers: tuple[int, ...]
   draft_vocab_size: int
   dtype: str
   param_dtype: str
@@ -151,6 +152,10 @@ class TrainSpec:
       require(all(0 <= i < total for i in self.model.keep_layers), "model.keep_layers",
               f"{self.model.keep_layers} must be layer indices in [0, {total}) of "
               f"{self.model.init}")
+    layers = len(self.model.keep_layers) or model_config.num_layers
+    require(all(0 <= i < layers for i in self.model.identity_layers), "model.identity_layers",
+            f"{list(self.model.identity_layers)} must be layer indices in [0, {layers}) of the "
+            "drafter as cut")
     if self.drafter.feature_layers:
       teacher_model = read_config(self.loss.teacher).model
       teacher = teacher_model.num_layers
@@ -244,6 +249,10 @@ def _model(m) -> ModelSpec:
           "cuts the layers of model.init, which is empty")
   require(all(_is_int(i) for i in keep_layers), "model.keep_layers",
           f"must be layer indices, got {keep_layers}")
+  identity_layers = tuple(m.identity_layers)
+  require(all(_is_int(i) for i in identity_layers)
+          and len(set(identity_layers)) == len(identity_layers), "model.identity_layers",
+          f"must be distinct layer indices, got {identity_layers}")
   arch = None
   if init is not None:
     require(init.exists(), "model.init",
@@ -255,7 +264,7 @@ def _model(m) -> ModelSpec:
       arch = ModelConfig(**m.arch.to_dict(), dtype=m.dtype, param_dtype=m.param_dtype)
     except (TypeError, ConfigError) as e:
       raise ConfigError(f"config.model.arch: {e}") from e
-  return ModelSpec(init=init, arch=arch, keep_layers=keep_layers,
+  return ModelSpec(init=init, arch=arch, keep_layers=keep_layers, identity_layers=identity_layers,
                    draft_vocab_size=m.draft_vocab_size, dtype=m.dtype, param_dtype=m.param_dtype,
                    seed=m.seed)
 
