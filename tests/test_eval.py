@@ -306,6 +306,7 @@ def test_a_prompt_that_fits_is_not_refused_for_rounding(models, tmp_path):
     job.run(_config(models, prompts=str(long), max_new_tokens=16))
 
 
+@pytest.mark.slow  # test_decoding keeps padded vocabularies in the fast subset
 def test_drafter_with_padded_vocabulary_and_same_tokenizer(tmp_path):
   tokenizer = checkpoints.load_tokenizer(ROOT / "data/tiny_tokenizer")
   target = create_model(ModelConfig(vocab_size=len(tokenizer), max_position_embeddings=256), 0)

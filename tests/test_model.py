@@ -15,7 +15,11 @@ from tests.hf_helpers import ARCHITECTURES, hf_logits, save_hf_model
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+# llama2 (full multi-head attention) runs in the full suite only; the fast subset keeps the
+# other four.
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=pytest.mark.slow) if name == "llama2" else name
+    for name in sorted(ARCHITECTURES)])
 def pair(request, tmp_path_factory):
   directory = tmp_path_factory.mktemp(request.param)
   hf = save_hf_model(request.param, directory)
