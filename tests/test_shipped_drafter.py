@@ -28,16 +28,16 @@ def test_shipped_drafter_is_a_small_delta_over_the_target():
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_main_job_with_the_shipped_drafters_is_exact_and_drafts_well():
-  # The main job (ar, and pard with the feature drafter and with the cut), plus sd with the cut.
+  # The main job (ar, and pard with the feature drafter and with the cut), plus sd with the cut,
+  # on one set: each further set compiles every decoder again (its own prompt width).
   config = load_config("configs/decode.py")
-  config.update(dict(prompts="mtbench,gsm8k", max_prompts=1, max_new_tokens=32,
+  config.update(dict(prompts="gsm8k", max_prompts=1, max_new_tokens=32,
                      method="ar,sd,pard", sd_drafter=str(SHIPPED)))
   result = job.run(config)
-  for prompt_set in ("mtbench", "gsm8k"):
-    assert result.cell(prompt_set, "sd", 4).identical_to_ar == 1
-    for drafter in ("feature", "cut"):
-      cell = result.cell(prompt_set, "pard", 4, drafter=drafter)
-      assert cell.identical_to_ar == 1 and cell.tau > TAU_FLOOR, cell
+  assert result.cell("gsm8k", "sd", 4).identical_to_ar == 1
+  for drafter in ("feature", "cut"):
+    cell = result.cell("gsm8k", "pard", 4, drafter=drafter)
+    assert cell.identical_to_ar == 1 and cell.tau > TAU_FLOOR, cell
 
 
 @pytest.mark.slow
