@@ -222,6 +222,9 @@ def test_gradient_accumulation_matches_full_batch():
     ("drafter.method", "medusa", "config.drafter.method: unknown method 'medusa'"),
     ("loss.kl_weight", -1.0, "config.loss: ce_weight and kl_weight must be >= 0"),
     ("loss.cat_weighting", None, "config.loss.cat_weighting: must be True or False"),
+    ("drafter.feedback_gradient", None, "config.drafter.feedback_gradient: must be True or"),
+    ("drafter.feedback_gradient", True, "config.drafter.feedback_gradient: applies to the "
+     "autoregressive feature peer only"),
     ("tokenizer", "/no/such/tokenizer", "config.tokenizer"),
     ("model.init", "/no/such/model", "config.model.init"),
 ])

@@ -67,6 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
       # () = tokens only. method "sd" with features trains the autoregressive peer.
       feature_layers=(),
       feature_dropout=0.0,  # share of rows trained without features (PARD-2: 0.1-0.2)
+      # The autoregressive feature peer: backpropagate through the states it feeds itself
+      # (EAGLE-3's training-time test), so its body learns to make them good features; the
+      # K - 1 extra passes then need their gradients too (about 2x a step).
+      feedback_gradient=False,
   ))
   # Renamed keys (RENAMED), None unless given.
   c.pard = ml_collections.ConfigDict(dict(

@@ -110,7 +110,8 @@ def prepare(spec: TrainSpec, mesh: Mesh, rows: data_lib.PackedRows) -> Setup:
       frozen_head=spec.train.trainable == "layers", ce_weight=spec.loss.ce_weight,
       kl_weight=spec.loss.kl_weight, cat_weighting=spec.loss.cat_weighting,
       feature_layers=layers, feature_dropout=spec.drafter.feature_dropout,
-      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter))
+      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter),
+      feedback_gradient=spec.drafter.feedback_gradient)
   setup = Setup(graphdef, params, kind, masks, step_cfg)
   if step_cfg.uses_teacher:
     setup.teacher_graphdef, setup.teacher_params = nnx.split(checkpoints.load_model(

@@ -64,6 +64,7 @@ class DrafterSpec:
   r_min: float
   feature_layers: tuple[int, ...]  # () = a token-only drafter
   feature_dropout: float
+  feedback_gradient: bool  # sd with features only
 
   def kind(self, vocab_size: int) -> kinds.DrafterKind:
     """What the run trains, as decoding reads it back from the exported config.json. A
@@ -312,6 +313,12 @@ def _drafter(d, length: int) -> DrafterSpec:
   require(d.method in trained, "drafter.method",
           f"unknown method {d.method!r}; choose from {', '.join(kinds.TRAINED_KINDS)} (and sd "
           "with drafter.feature_layers: the autoregressive feature peer)")
+  require(isinstance(d.feedback_gradient, bool), "drafter.feedback_gradient",
+          f"must be True or False, got {d.feedback_gradient!r}")
+  require(not d.feedback_gradient or (d.method == kinds.AutoregressiveDrafter.method and layers),
+          "drafter.feedback_gradient", "applies to the autoregressive feature peer only "
+          f"(method sd with drafter.feature_layers), not to method {d.method!r}"
+          f"{'' if layers else ' without feature_layers'}")
   ids = tuple(d.mask_token_ids)
   valid_ids = all(_is_int(i) and i >= 0 for i in ids)
   if d.method == kinds.AutoregressiveDrafter.method:
@@ -329,7 +336,8 @@ def _drafter(d, length: int) -> DrafterSpec:
           f"drafter.r_min={d.r_min}: COD keeps {counts} slots per depth")
   return DrafterSpec(method=d.method, num_draft_tokens=k, mask_token_ids=ids, r=d.r,
                      r_min=d.r_min, feature_layers=layers,
-                     feature_dropout=float(d.feature_dropout))
+                     feature_dropout=float(d.feature_dropout),
+                     feedback_gradient=d.feedback_gradient)
 
 
 def _loss(loss, init: str, reads_features: bool) -> LossSpec:

@@ -121,6 +121,7 @@ class StepConfig:
   # mask (the drafts an AR drafter feeds itself, teacher-forced); with features, each reads
   # the drafter's own hidden state at the slot before it (EAGLE).
   autoregressive: bool = False
+  feedback_gradient: bool = False  # the peer's fed-back states carry gradient (EAGLE-3)
 
   @property
   def num_draft_tokens(self) -> int:  # K: the depths of the layout
@@ -248,8 +249,8 @@ def layout_hidden(model, batch: dict[str, jax.Array], row_keys_B: jax.Array,
   if step_cfg.autoregressive and features_BxLxC is not None:
     # EAGLE's training-time test: a drafted token reads the drafter's own residual stream at
     # the slot before it in its chain. Depth d depends on depth d - 1 only, so K - 1 passes
-    # give every depth the input decoding feeds it. The fed-back states carry no gradient:
-    # backpropagating through every pass more than doubled a SmolLM2 step on 2 CPU cores.
+    # give every depth the input decoding feeds it. The fed-back states carry gradient only
+    # with `feedback_gradient`: it more than doubles a SmolLM2 step on 2 CPU cores.
     before_BxS = chain_predecessors(layout["index"], step_cfg.counts)
     chain_BxSx1 = (layout["depths"] > 0)[..., None]
     real_extra_BxSxD = extra_BxSxD
@@ -257,8 +258,9 @@ def layout_hidden(model, batch: dict[str, jax.Array], row_keys_B: jax.Array,
       _, _, own_BxSxD = model.backbone_features(
           layout["tokens"], layout["positions"], attn_mask_BxSxT=mask_BxSxS,
           feature_layers=(-1,), extra_BxSxD=extra_BxSxD)
-      own_BxSxD = jnp.take_along_axis(jax.lax.stop_gradient(own_BxSxD), before_BxS[..., None],
-                                      axis=1)
+      if not step_cfg.feedback_gradient:
+        own_BxSxD = jax.lax.stop_gradient(own_BxSxD)
+      own_BxSxD = jnp.take_along_axis(own_BxSxD, before_BxS[..., None], axis=1)
       own_extra_BxSxD = _drop_features(model.own_feature_embeddings(own_BxSxD), row_keys_B,
                                        step_cfg)
       extra_BxSxD = jnp.where(chain_BxSx1, own_extra_BxSxD, real_extra_BxSxD)
