@@ -155,6 +155,18 @@ def test_feature_kinds_round_trip_through_config_json():
   assert kinds.for_method("pard", KINDS["pard"], (38,)) == kinds.PardDrafter(38, LAYERS)
 
 
+def layout_inputs(masks, **step_settings):
+  """A 14-token packed row of two documents, its step settings, the online target's features
+  over it and the row's key: the training-layout inputs of the feature tests."""
+  target, _ = models()
+  batch = packed_batch([[9, 5]], 14, seed=3, vocab=36)
+  step_cfg = step_lib.StepConfig(layout.cod_counts(14, 4, 0.8, 0.3), masks,
+                                 feature_layers=LAYERS, **step_settings)
+  graphdef, params = nnx.split(target)
+  _, features = step_lib.teacher_outputs(params, graphdef, batch, step_cfg)
+  return step_cfg, batch, features, jax.random.split(jax.random.key(5), 1)
+
+
 @pytest.mark.parametrize("method", [pytest.param("pard", marks=SLOW),
                                     pytest.param("parallelspec", marks=SLOW),
                                     pytest.param("sd", marks=SLOW)])
@@ -162,15 +174,10 @@ def test_training_layout_logits_equal_inference_logits(method):
   """Each slot of the training layout, with features from the online target, gives the logits
   of the input decoding feeds the drafter for that draft: real tokens with the features of
   their previous positions, then the masks (or, for the AR peer, the drafted tokens)."""
-  target, drafter = models()
+  _, drafter = models()
   masks = {"pard": (39,) * 3, "parallelspec": (36, 37, 38), "sd": (39,) * 3}[method]
-  length, counts = 14, layout.cod_counts(14, 4, 0.8, 0.3)
-  batch = packed_batch([[9, 5]], length, seed=3, vocab=36)
-  step_cfg = step_lib.StepConfig(counts, masks, feature_layers=LAYERS,
-                                 autoregressive=method == "sd")
-  _, features = step_lib.teacher_outputs(nnx.split(target)[1], nnx.split(target)[0], batch,
-                                         step_cfg)
-  keys = jax.random.split(jax.random.key(5), 1)
+  length = 14
+  step_cfg, batch, features, keys = layout_inputs(masks, autoregressive=method == "sd")
   out, hidden = step_lib.layout_hidden(drafter, batch, keys, step_cfg, features)
   logits = drafter.logits(hidden)
   queries = [(s, d, t, int(batch["positions"][0, t]))
@@ -211,14 +218,9 @@ def test_the_peers_feedback_gradient_is_the_true_gradient_only_when_asked(feedba
   with `feedback_gradient` the step's gradient matches a finite difference of its loss along
   a random direction; without it (the fed-back states held constant) it does not, while the
   loss is the same either way."""
-  target, drafter = models()
-  counts = layout.cod_counts(14, 4, 0.8, 0.3)
-  batch = packed_batch([[9, 5]], 14, seed=3, vocab=36)
-  step_cfg = step_lib.StepConfig(counts, (39,) * 3, feature_layers=LAYERS, autoregressive=True,
-                                 feedback_gradient=feedback_gradient)
-  _, features = step_lib.teacher_outputs(nnx.split(target)[1], nnx.split(target)[0], batch,
-                                         step_cfg)
-  keys = jax.random.split(jax.random.key(5), 1)
+  _, drafter = models()
+  step_cfg, batch, features, keys = layout_inputs((39,) * 3, autoregressive=True,
+                                                  feedback_gradient=feedback_gradient)
   graphdef, params = nnx.split(drafter)
   loss = jax.jit(lambda p: step_lib.layout_loss(p, graphdef, batch, keys, step_cfg,
                                                 features_BxLxC=features)[0])
