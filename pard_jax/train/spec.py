@@ -317,8 +317,7 @@ def _drafter(d, length: int) -> DrafterSpec:
           f"must be True or False, got {d.feedback_gradient!r}")
   require(not d.feedback_gradient or (d.method == kinds.AutoregressiveDrafter.method and layers),
           "drafter.feedback_gradient", "applies to the autoregressive feature peer only "
-          f"(method sd with drafter.feature_layers), not to method {d.method!r}"
-          f"{'' if layers else ' without feature_layers'}")
+          f"(method sd with drafter.feature_layers), not to method {d.method!r}")
   ids = tuple(d.mask_token_ids)
   valid_ids = all(_is_int(i) and i >= 0 for i in ids)
   if d.method == kinds.AutoregressiveDrafter.method:
