@@ -128,6 +128,7 @@ def test_acceptance_and_identity_helpers():
   assert cells.count_identical(rows, [{"output_ids": [1, 2]}, {"output_ids": [4]}]) == 1
 
 
+@pytest.mark.slow
 def test_transformers_peers_in_the_same_run(models, tmp_path):
   result = job.run(_config(models, method="sd", num_draft_tokens=(2,), peers="transformers",
                            report_dir=str(tmp_path)))

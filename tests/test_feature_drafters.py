@@ -212,6 +212,7 @@ def test_training_layout_logits_equal_inference_logits(method):
     np.testing.assert_allclose(logits[0, s], expected[i], atol=3e-5, rtol=3e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feedback_gradient", [False, True])
 def test_the_peers_feedback_gradient_is_the_true_gradient_only_when_asked(feedback_gradient):
   """EAGLE-3's training-time test backpropagates through the states the peer feeds itself:

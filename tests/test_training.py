@@ -175,6 +175,7 @@ def test_cat_weighting_weighs_each_slot_by_the_teachers_probability_of_its_chain
   assert plain > 1.2 * loss  # deeper slots weigh less
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_single_device():
   single, single_metrics = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   sharded, sharded_metrics = run_steps(sharding.make_mesh((2, 2, 2)))
