@@ -6,7 +6,6 @@ import pathlib
 
 import pytest
 
-from pard_jax import checkpoints
 from pard_jax import data as data_lib
 from pard_jax.train.spec import TrainSpec
 from tests.helpers import ROOT, load_config
@@ -21,9 +20,6 @@ RECIPES = ["tiny.py", "tiny_parallelspec.py"] + [
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_a_shipped_recipe_passes_the_checks_before_loading(recipe, no_model_loading):
   spec = TrainSpec.from_config(load_config(f"configs/{recipe}"))
-  if spec.model.init is not None:
-    spec.check_model(checkpoints.read_config(spec.model.init).model)
-  else:
-    spec.check_model(spec.model.arch)
+  spec.check_model(spec.starting_model_config())
   files = [s for s in data_lib.split_sources(spec.data.source) if "/" in s]  # not sharegpt, tfds:
   assert all(pathlib.Path(f).is_file() for f in files), files

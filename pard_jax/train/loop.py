@@ -57,11 +57,10 @@ def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
   zeroed) or a fresh `model.arch`.
   The model's config is checked against the spec before any weight is read."""
   m = spec.model
+  spec.check_model(spec.starting_model_config())
   if m.init is None:
-    spec.check_model(m.arch)
     model = create_model(m.arch, m.seed)
   else:
-    spec.check_model(checkpoints.read_config(m.init).model)
     model = checkpoints.load_model(m.init, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh,
                                    keep_layers=m.keep_layers)
   return make_identity_layers(model, m.identity_layers)

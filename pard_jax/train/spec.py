@@ -146,6 +146,10 @@ class TrainSpec:
             f"= {micro_batch} rows per micro-batch is not divisible by the data-parallel mesh "
             f"size {data_parallel} (data x fsdp of mesh {dict(mesh.shape)})")
 
+  def starting_model_config(self) -> ModelConfig:
+    """The drafter's config before training: `model.init`'s config.json, or `model.arch`."""
+    return self.model.arch if self.model.init is None else read_config(self.model.init).model
+
   def check_model(self, model_config: ModelConfig) -> None:
     """Checks against the model's config, before its weights are read."""
     if self.model.keep_layers:
