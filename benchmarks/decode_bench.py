@@ -14,8 +14,10 @@ Measures, in one run on the machine at hand:
      must reach for the method to match `ar`; `pard` also with each `--verify_thresholds`.
 
   python benchmarks/decode_bench.py [--dtype=bfloat16] [--max_new_tokens=64] [--drafter=DIR]
+      [--dense_kernel=xla]
 
-Writes benchmarks/results/decode_<device>_<dtype>[_drafter].{json,md}.
+Our models' dense layers run on `--dense_kernel` (as decode.py's `dense_kernel`; transformers
+is unaffected). Writes benchmarks/results/decode_<device>_<dtype>[_packed][_drafter].{json,md}.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.timing import best_seconds  # noqa: E402
-from pard_jax import checkpoints  # noqa: E402
+from pard_jax import checkpoints, packed_dense  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # noqa: E402
 from pard_jax.eval.peers import load_transformers_model  # noqa: E402
@@ -51,6 +53,8 @@ _DRAFTER = flags.DEFINE_string("drafter", "", "a drafter to time as well (HF or 
 _ANATOMY_KS = flags.DEFINE_list("anatomy_ks", ["4", "8"], "K values of the iteration anatomy")
 _THRESHOLDS = flags.DEFINE_list("verify_thresholds", ["0.1", "0.2", "0.4"],
                                 "`pard` rows of the anatomy with these verify_threshold values")
+_KERNEL = flags.DEFINE_enum("dense_kernel", "auto", [k.value for k in packed_dense.DenseKernel],
+                            "our dense layers: auto (packed where it runs), xla or packed")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -170,13 +174,15 @@ def run_transformers(prompts, max_new_tokens, dtype, assisted_k=0) -> dict:
 def main(argv):
   del argv
   dtype, k = _DTYPE.value, _K.value
+  kernel = packed_dense.resolve(packed_dense.DenseKernel.parse(_KERNEL.value), dtype)
   path = checkpoints.smollm2_gguf_path()
-  target = checkpoints.load_model(path, dtype=dtype)
+  target = packed_dense.prepare(checkpoints.load_model(path, dtype=dtype), kernel)
   tokenizer = checkpoints.load_tokenizer(path)
   prompts = [p.token_ids(tokenizer, chat_template=True)
              for p in JsonlFile(ROOT / "data/prompts/chat.jsonl").load()[:_PROMPTS.value]]
   results: dict = dict(device=device_name(), dtype=dtype, model="SmolLM2-135M-Instruct (Q4_1 "
-                       "GGUF, dequantized)", max_new_tokens=_NEW.value, num_prompts=len(prompts),
+                       "GGUF, dequantized)", dense_kernel=kernel.value,
+                       max_new_tokens=_NEW.value, num_prompts=len(prompts),
                        command=" ".join(["python"] + sys.argv))
 
   prompt_len = max(map(len, prompts))
@@ -197,10 +203,12 @@ def main(argv):
     if drafter.config.draft_vocab is not None:
       heads = {"restricted head": drafter.config, **heads}
     for head, config in heads.items():
-      drafter.config = config
-      times = time_steps(drafter, widths, cache_len=prompt_len + _NEW.value,
-                         repeats=_REPEATS.value)
+      timed = checkpoints.load_model(_DRAFTER.value, dtype=dtype)
+      timed.config = config
+      times = time_steps(packed_dense.prepare(timed, kernel), widths,
+                         cache_len=prompt_len + _NEW.value, repeats=_REPEATS.value)
       results["drafter_step_ms"][head] = {f"{w}_tokens": 1000 * t for w, t in times.items()}
+    drafter = packed_dense.prepare(drafter, kernel)
 
     results["anatomy"] = iteration_anatomy(target, drafter, prompts,
                                            [int(k) for k in _ANATOMY_KS.value],
@@ -232,6 +240,7 @@ def main(argv):
         ours_sd_vs_hf_assisted=sd["tokens_per_second"] / hf_sd["tokens_per_second"])
 
   slug = device_slug(results["device"]) + f"_{dtype}"
+  slug += "_packed" if kernel is packed_dense.DenseKernel.PACKED else ""
   slug += "_drafter" if _DRAFTER.value else ""
   write_results(_OUT.value, f"decode_{slug}", results, to_markdown(results))
 
@@ -246,6 +255,7 @@ def _verified(row: dict) -> str:
 def to_markdown(r: dict) -> str:
   lines = [f"# Decoding benchmark: {r['model']}", "",
            f"- device: {r['device']}", f"- dtype: {r['dtype']}",
+           f"- dense layers: {r.get('dense_kernel', 'xla')}",
            f"- {r['num_prompts']} chat prompts, {r['max_new_tokens']} new tokens each, batch 1; "
            "every time is the best of 3 runs (steps: of `--repeats`)",
            f"- command: `{r['command']}`", "", "## Model step times (best of repeats, ms)", "",

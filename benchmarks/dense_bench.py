@@ -6,9 +6,11 @@ Measures, on SmolLM2-135M-Instruct (float32):
      transposed ([out, in]);
   2. the cached forward by its number of tokens: wall and CPU time (how many cores it keeps busy);
   3. the same forward with fused projections (one QKV and one gate+up matmul per layer);
-  4. the forward under XLA CPU options, each in a fresh process (XLA_FLAGS is read at start-up).
+  4. the forward under XLA CPU options, each in a fresh process (XLA_FLAGS is read at start-up);
+  5. where it runs, the packed-dense kernel (`pard_jax.packed_dense`): the dense op on its
+     prepacked weights and the forward of the packed model, beside parts 1 and 2.
 
-  python benchmarks/dense_bench.py [--repeats=15]
+  python benchmarks/dense_bench.py [--repeats=15] [--xla_options=false]
 
 Writes benchmarks/results/decode_<device>_dense.{json,md}.
 """
@@ -32,12 +34,13 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.timing import best_seconds  # noqa: E402
-from pard_jax import checkpoints  # noqa: E402
+from pard_jax import checkpoints, packed_dense  # noqa: E402
 from pard_jax import model as model_lib  # noqa: E402
 from pard_jax.eval.report import device_name, device_slug, write_results  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 15, "timed repeats (best is kept)")
 _FORWARD_ONLY = flags.DEFINE_bool("forward_only", False, "print part 2 as JSON and exit (part 4)")
+_XLA_OPTIONS = flags.DEFINE_bool("xla_options", True, "run part 4 (a process per option)")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "output dir")
 
 ROWS = (1, 2, 5, 9)
@@ -61,10 +64,17 @@ def dense_us(shape: tuple[int, int], layers: int = 30) -> dict[str, dict[int, fl
   stored = jax.jit(lambda x, ws: [x @ w for w in ws])
   flipped = jax.jit(lambda x, ws: [jnp.einsum("mi,oi->mo", x, w) for w in ws])
   out = {"[in, out]": {}, "[out, in]": {}}
+  packed = None
+  if not packed_dense.unavailable_reason("float32"):
+    packed = [packed_dense.pack_weight(w) for w in weights]
+    kernel = jax.jit(lambda x, ps: [packed_dense.matmul(x, p, shape[1]) for p in ps])
+    out["packed kernel"] = {}
   for m in ROWS:
     x = jnp.asarray(rng.standard_normal((m, shape[0]), np.float32))
     out["[in, out]"][m] = 1000 * best_ms(stored, x, weights) / layers
     out["[out, in]"][m] = 1000 * best_ms(flipped, x, transposed) / layers
+    if packed is not None:
+      out["packed kernel"][m] = 1000 * best_ms(kernel, x, packed) / layers
   return out
 
 
@@ -137,13 +147,15 @@ def main(argv):
                  dense_us={f"{i}x{o}": dense_us((i, o)) for i, o in ((d, f), (f, d), (d, d))},
                  forward_ms=forward_ms(target))
   options = {}
-  for option in XLA_OPTIONS:
+  for option in XLA_OPTIONS if _XLA_OPTIONS.value else ():
     env = dict(os.environ, XLA_FLAGS=option)
     run = subprocess.run([sys.executable, __file__, "--forward_only",
                           f"--repeats={_REPEATS.value}"], env=env, capture_output=True,
                          text=True, check=True)
     options[option] = {int(w): t for w, t in json.loads(run.stdout.splitlines()[-1]).items()}
   results["xla_options_forward_ms"] = options
+  if not packed_dense.unavailable_reason("float32"):
+    results["packed_forward_ms"] = forward_ms(packed_dense.pack(target))
   results["fused_forward_ms"] = forward_ms(fused(target))
 
   write_results(_OUT.value, f"decode_{device_slug(results['device'])}_dense", results,
@@ -164,9 +176,14 @@ def to_markdown(r: dict) -> str:
             f"| | {cols(f'{w} tokens' for w in WIDTHS)} |", "|---|" + "---|" * len(WIDTHS),
             "| wall | " + cols(f"{t['wall']:.1f}" for t in r["forward_ms"].values()) + " |",
             "| CPU (all threads) | " + cols(f"{t['cpu']:.1f}" for t in r["forward_ms"].values())
-            + " |",
-            "| fused QKV and gate+up, wall | "
-            + cols(f"{t['wall']:.1f}" for t in r["fused_forward_ms"].values()) + " |"]
+            + " |"]
+  if "packed_forward_ms" in r:
+    lines += ["| packed kernel, wall | "
+              + cols(f"{t['wall']:.1f}" for t in r["packed_forward_ms"].values()) + " |",
+              "| packed kernel, CPU | "
+              + cols(f"{t['cpu']:.1f}" for t in r["packed_forward_ms"].values()) + " |"]
+  lines.append("| fused QKV and gate+up, wall | "
+               + cols(f"{t['wall']:.1f}" for t in r["fused_forward_ms"].values()) + " |")
   for option, times in r["xla_options_forward_ms"].items():
     lines.append(f"| `XLA_FLAGS={option}`, wall | "
                  + cols(f"{t['wall']:.1f}" for t in times.values()) + " |")

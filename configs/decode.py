@@ -54,6 +54,10 @@ def get_config():
   config.report_dir = ""  # results.json, results.md, plots; a rerun skips finished cells
   config.peers = ""  # "transformers": generate and assisted generation in the same run
   config.dtype = "float32"  # float32 | bfloat16
+  # Dense layers: "packed" (prepacked weights through pard_jax/packed_dense, built on first use:
+  # a K+1-token verify costs about what a 1-token forward does), "xla" (XLA's dot), or "auto"
+  # (packed where it runs: float32 on an x86-64 CPU with AVX2, FMA and a C++ compiler).
+  config.dense_kernel = "auto"
   # None = the EOS ids of config.json, generation_config.json and the tokenizer; () = none.
   config.stop_token_ids = config_dict.placeholder(tuple)
   config.cache_len = 0  # 0 = prompt + max_new_tokens

@@ -202,6 +202,8 @@ class Transformer(nnx.Module):
     self.lm_head = (None if config.tie_word_embeddings else
                     _dense(config.hidden_size, config.vocab_size, config, rngs))
     self.features = FeatureInput(config, rngs) if config.feature_size else None
+    # Decoding on CPU may swap in the head's matrix prepacked (`packed_dense.pack`).
+    self.packed_head = None
 
   def feature_embeddings(self, features_BxSxC, has_feature_BxS):
     """What a feature drafter adds to its token embeddings (`extra_BxSxD` of `backbone`)."""
@@ -262,6 +264,8 @@ class Transformer(nnx.Module):
     A restricted head multiplies by only its R rows of the (tied or untied) output matrix:
     for a small drafter the V-row head is most of the cost of a forward.
     """
+    if self.packed_head is not None:
+      return self.packed_head(hidden_BxSxD).astype(jnp.float32)
     ids = self.config.draft_vocab
     if ids is None:
       if self.lm_head is None:

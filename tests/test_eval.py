@@ -179,6 +179,10 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
     (dict(prompts="mtbench,squad"), "config.prompts: unknown prompt set 'squad'; known sets: "
      "mtbench, humaneval, gsm8k"),
     (dict(dtype="float8"), "config.dtype: must be one of"),
+    (dict(dense_kernel="fast"), "config.dense_kernel: unknown 'fast'; choose one of auto, xla, "
+     "packed"),
+    (dict(dense_kernel="packed", dtype="bfloat16"),
+     "config.dense_kernel: 'packed' cannot run here: it computes in float32 only"),
 ])
 def test_bad_config_values_are_named_before_loading(models, no_model_loading, overrides,
                                                     message):

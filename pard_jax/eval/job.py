@@ -17,7 +17,7 @@ from typing import Any
 
 from absl import logging
 
-from pard_jax import checkpoints, prompting
+from pard_jax import checkpoints, packed_dense, prompting
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
@@ -129,10 +129,11 @@ def _run(spec: EvalSpec) -> EvalResult:
   todo = [key for key in ours if not report.done(key)]
   # Read back now: a damaged outputs/ fails before anything loads.
   stored_rows = {key: report.rows(key) for key in ours if report.done(key)}
-  target = checkpoints.load_model(spec.target, dtype=spec.dtype) if todo else None
-  drafters = {path: checkpoints.load_model(path, dtype=spec.dtype)
-              for path in {spec.drafter_for(method, label)
-                           for _, _, method, label, k in todo if k}}
+  load = lambda path: packed_dense.prepare(checkpoints.load_model(path, dtype=spec.dtype),
+                                           spec.dense_kernel)
+  target = load(spec.target) if todo else None
+  drafters = {path: load(path) for path in {spec.drafter_for(method, label)
+                                            for _, _, method, label, k in todo if k}}
   decoders: dict[tuple[str, str, int], SpeculativeDecoder] = {}
   peer = None  # loaded when a peer cell is left to measure
 

@@ -15,12 +15,13 @@ import pathlib
 import re
 from typing import Any
 
-from pard_jax import checkpoints
+from pard_jax import checkpoints, packed_dense
 from pard_jax import drafter_kinds as kinds
 from pard_jax.checkpoints import assets
 from pard_jax.config import DTYPES
 from pard_jax.drafter_kinds import MAX_DRAFT_TOKENS, METHODS
 from pard_jax.errors import ConfigError, DataError, require, require_writable
+from pard_jax.packed_dense import DenseKernel
 from pard_jax.eval import prompts as prompts_lib
 
 PEERS = ("transformers",)
@@ -129,6 +130,7 @@ class EvalSpec:
   seed: int
   batch_size: int
   dtype: str
+  dense_kernel: DenseKernel  # resolved: XLA or PACKED
   mask_token_ids: tuple[int, ...]
   stop_token_ids: tuple[int, ...] | None  # None: the target's EOS ids
   cache_len: int
@@ -194,7 +196,7 @@ class EvalSpec:
                 top_k=self.top_k, top_p=self.top_p, verify_threshold=self.verify_threshold,
                 use_target_features=self.use_target_features, seed=self.seed,
                 batch_size=self.batch_size, dtype=self.dtype,
-                mask_token_ids=list(self.mask_token_ids),
+                dense_kernel=self.dense_kernel.value, mask_token_ids=list(self.mask_token_ids),
                 stop_token_ids=None if self.stop_token_ids is None else list(self.stop_token_ids),
                 cache_len=self.cache_len)
 
@@ -229,6 +231,7 @@ class EvalSpec:
     require(0 <= c.verify_threshold <= 1, "verify_threshold",
             f"must be in [0, 1] (0 = verify every draft), got {c.verify_threshold}")
     require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
+    dense_kernel = packed_dense.resolve(DenseKernel.parse(c.dense_kernel), c.dtype)
     mask_ids, stop_ids = tuple(c.mask_token_ids), c.stop_token_ids
     for field, ids in (("mask_token_ids", mask_ids), ("stop_token_ids", stop_ids or ())):
       require(all(_is_int(i) and i >= 0 for i in ids), field,
@@ -310,7 +313,8 @@ class EvalSpec:
                top_k=c.top_k, top_p=float(c.top_p),
                verify_threshold=float(c.verify_threshold),
                use_target_features=bool(c.use_target_features), seed=c.seed,
-               batch_size=c.batch_size, dtype=c.dtype, mask_token_ids=mask_ids,
+               batch_size=c.batch_size, dtype=c.dtype, dense_kernel=dense_kernel,
+               mask_token_ids=mask_ids,
                stop_token_ids=None if stop_ids is None else tuple(stop_ids),
                cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir,
                models=models, drafter_kinds=drafter_kinds)
