@@ -124,5 +124,6 @@ def pack(model: Transformer) -> Transformer:
 
 
 def prepare(model: Transformer, kernel: DenseKernel) -> Transformer:
-  """`model` as decoding should run it under `kernel` (already `resolve`d)."""
+  """`model` as decoding should run it under `kernel` (AUTO: packed where that runs)."""
+  kernel = resolve(kernel, model.config.dtype)
   return pack(model) if kernel is DenseKernel.PACKED else model
