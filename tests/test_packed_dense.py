@@ -12,7 +12,7 @@ from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError
 from pard_jax.model import create_model
-from pard_jax.packed_dense import DenseKernel, PackedDense
+from pard_jax.packed_dense import DenseKernel, PackedDense, library
 from tests.helpers import chi_square_pvalue, exact_distribution, feature_drafter, perturbed
 
 REASON = packed_dense.unavailable_reason("float32")
@@ -116,3 +116,13 @@ def test_dense_kernel_names_its_choices_and_refuses_what_cannot_run():
   assert packed_dense.resolve(DenseKernel.AUTO, "bfloat16") is DenseKernel.XLA
   assert packed_dense.resolve(DenseKernel.AUTO, "float32") is DenseKernel.PACKED
   assert packed_dense.resolve(DenseKernel.XLA, "float32") is DenseKernel.XLA
+
+
+def test_a_failing_compiler_is_named_with_its_message(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  failing = tmp_path / "broken-c++"
+  failing.write_text("#!/bin/sh\necho 'fatal: no headers' >&2\nexit 1\n")
+  failing.chmod(0o755)
+  with pytest.raises(OSError, match=r"broken-c\+\+ failed on packed_dense.cc: fatal: no headers"):
+    library._build(str(failing))
+  assert not list((tmp_path / "pard_jax").glob("*.so"))  # nothing half-built is left to load

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -54,7 +55,6 @@ def _build(compiler: str) -> pathlib.Path:
 
 @functools.cache
 def _load() -> tuple[bool, str]:
-  import platform
   if platform.machine().lower() not in ("x86_64", "amd64"):
     return False, f"the kernel is written for x86-64 CPUs, this is {platform.machine()}"
   compiler = _compiler()
