@@ -201,6 +201,7 @@ def test_unwritable_outputs_fail_before_decoding(models, no_model_loading, tmp_p
     job.run(_config(models, report_dir=str(blocker / "report")))
 
 
+@pytest.mark.slow
 def test_sd_and_pard_use_their_own_drafters(models):
   # The target as sd's AR drafter accepts everything; the perturbed PARD drafter does not.
   result = job.run(_config(models, method="ar,sd,pard", num_draft_tokens=(2,),
@@ -334,8 +335,14 @@ CHATS = ["What is the capital of France?", "Name three primary colors.",
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_real_smollm2_greedy_equals_transformers_generate(smollm2, smollm2_hf):
+def test_real_smollm2_greedy_equals_transformers_generate(smollm2, tmp_path):
+  # transformers runs the weights we loaded, written out as safetensors: its own GGUF reader is
+  # checked against ours in tests/test_checkpoints.py, and takes a minute per process.
+  import transformers  # pylint: disable=g-import-not-at-top
   _, model, tokenizer = smollm2
+  checkpoints.save_hf(model, tmp_path)
+  smollm2_hf = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, dtype=torch.float32).eval()
   prompts_ids = [tokenizer.apply_chat_template([{"role": "user", "content": c}],
                                                add_generation_prompt=True, return_dict=False)
                  for c in CHATS]

@@ -92,6 +92,7 @@ def test_greedy_decoding_on_the_packed_kernel_equals_autoregressive(method):
     assert max(a for row in spec.accept_lengths for a in row) > 1  # the drafts were used
 
 
+@pytest.mark.slow  # the greedy cases above stay in the fast subset
 def test_sampling_on_the_packed_kernel_preserves_the_target_distribution():
   config = ModelConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_layers=1,
                        num_heads=2, num_kv_heads=1, head_dim=8)

@@ -353,6 +353,7 @@ def test_tiny_parallelspec_run_exports_a_drafter_decode_py_uses(tmp_path):
   assert cell.identical_to_ar == 2 and cell.tau > 1.2, cell
 
 
+@pytest.mark.slow
 def test_identity_layers_grow_a_drafter_that_drafts_as_before(tmp_path):
   """keep_layers=(0, 0) with identity_layers=(1,): two layers whose logits are the one-layer
   cut's, the new layer still learning (its zeroed projections get gradients); its delta over

@@ -21,8 +21,8 @@ from pard_jax.checkpoints import assets
 from pard_jax.config import DTYPES
 from pard_jax.drafter_kinds import MAX_DRAFT_TOKENS, METHODS
 from pard_jax.errors import ConfigError, DataError, require, require_writable
-from pard_jax.packed_dense import DenseKernel
 from pard_jax.eval import prompts as prompts_lib
+from pard_jax.packed_dense import DenseKernel
 
 PEERS = ("transformers",)
 # With `max_prompts` unset: the first prompts of a named set (a quick look at a benchmark);
