@@ -32,6 +32,10 @@ def get_config():
   config.model.dtype = "float32"  # bfloat16 gains nothing on CPUs; use it on accelerators
   config.data.source = str(DATA / "distill/smollm2_sharegpt.jsonl")
   config.data.length = 256
+  # The target's answers to 200 later ShareGPT prompts, kept out of every recipe on this data:
+  # greedy acceptance there, in workdir/heldout.jsonl, is τ without a decode run.
+  config.heldout.source = str(DATA / "distill/smollm2_sharegpt_heldout.jsonl")
+  config.heldout.every = 50
   config.drafter.num_draft_tokens = 4
   config.drafter.mask_token_ids = (16,)
   config.train.trainable = "layers"

@@ -28,6 +28,7 @@ def get_config():
   config.model.keep_layers = ()  # the drafter's one layer
   config.loss.teacher = SMOLLM2_GGUF
   config.data.source = str(DATA / "distill/smollm2_sharegpt_4k.jsonl")
+  config.heldout.source = ""  # the 4k answers hold the held-out ones
   config.drafter.method = "sd"
   config.drafter.mask_token_ids = ()
   config.drafter.feedback_gradient = True

@@ -424,6 +424,17 @@ def pack(docs: Sequence[tuple[np.ndarray, np.ndarray]], length: int, seed: int,
   return PackedRows(tokens, positions, segment_ids, labels, weights)
 
 
+def load_rows(source: str, tokenizer, length: int, split: str = "train",
+              tfds_data_dir: pathlib.Path | None = None, assistant_only_loss: bool = True,
+              seed: int = 0) -> PackedRows:
+  """The packed rows of `source` (comma-separated sources packed together; `load_records`)."""
+  docs = [doc for one in split_sources(source)
+          for doc in tokenize_records(load_records(one, split, tfds_data_dir), tokenizer,
+                                      assistant_only_loss)]
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  return pack(docs, length, seed, pad_id)
+
+
 def frequent_tokens(rows: PackedRows, size: int, vocab_size: int) -> tuple[int, ...]:
   """The `size` most frequent token ids of the rows' documents (ties: lower id), ascending."""
   counts_V = np.bincount(rows.tokens[rows.segment_ids > 0].ravel(), minlength=vocab_size)

@@ -21,5 +21,6 @@ RECIPES = ["tiny.py", "tiny_parallelspec.py"] + [
 def test_a_shipped_recipe_passes_the_checks_before_loading(recipe, no_model_loading):
   spec = TrainSpec.from_config(load_config(f"configs/{recipe}"))
   spec.check_model(spec.starting_model_config())
-  files = [s for s in data_lib.split_sources(spec.data.source) if "/" in s]  # not sharegpt, tfds:
+  sources = spec.data.source + (f",{spec.heldout.source}" if spec.heldout.source else "")
+  files = [s for s in data_lib.split_sources(sources) if "/" in s]  # not sharegpt, tfds:
   assert all(pathlib.Path(f).is_file() for f in files), files

@@ -1,5 +1,7 @@
 """Train step (sharded vs single device, accumulation), schedules, config checks, tiny runs."""
 
+import importlib.util
+import itertools
 import json
 import pathlib
 
@@ -301,9 +303,24 @@ def test_batch_must_divide_data_parallel_mesh():
     TrainSpec.from_config(config)
 
 
+def tiny_data():
+  """`data/make_tiny_data.py`, which writes the tiny corpus, as a module."""
+  spec = importlib.util.spec_from_file_location("make_tiny_data", ROOT / "data/make_tiny_data.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 @pytest.mark.slow
 def test_tiny_run_learns_and_exports(tmp_path):
   config = tiny_train_config(num_steps=40, log_every=10, checkpoint_every=20)
+  heldout_rows = tmp_path / "heldout" / "chat.jsonl"  # conversations the corpus does not hold
+  heldout_rows.parent.mkdir()
+  corpus = set((ROOT / "data/tiny_chat.jsonl").read_text().splitlines())
+  heldout_rows.write_text("".join(itertools.islice(
+      (line + "\n" for line in map(json.dumps, tiny_data().conversations(seed=1))
+       if line not in corpus), 60)))
+  config.heldout.update(dict(source=str(heldout_rows), max_rows=8))
   history = loop.train(config, str(tmp_path))
   losses = [r["loss"] for r in history]
   assert len(losses) == 4 and losses[-1] < losses[0] - 1.0
@@ -311,7 +328,15 @@ def test_tiny_run_learns_and_exports(tmp_path):
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == \
       [10, 20, 30, 40]
   events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").glob("events.out.*"))
-  assert b"accuracy/depth_1" in events and b"loss" in events
+  assert b"accuracy/depth_1" in events and b"loss" in events and b"heldout/tau" in events
+  # Greedy acceptance on the held-out rows, at each checkpoint (`test_heldout`: it is the loop's).
+  records = [json.loads(line) for line in open(tmp_path / "heldout.jsonl")]
+  assert [r["step"] for r in records] == [20, 40]
+  for r in records:
+    assert r["anchors"] > 100 and r["tau"] == pytest.approx(1 + sum(r["accepted"]))
+    assert r["accepted"] == sorted(r["accepted"], reverse=True)
+    assert r["accepted"][0] == pytest.approx(r["accuracy"][0])
+  assert records[-1]["tau"] > max(records[0]["tau"], 1.2), records
   hf = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert hf["pard_token"] == 4 and hf["spd_type"] == "pard"
   assert checkpoints.read_config(tmp_path / "hf").drafter == kinds.PardDrafter(4)

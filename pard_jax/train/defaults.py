@@ -105,6 +105,14 @@ def default_config() -> ml_collections.ConfigDict:
       checkpoint_every=500,
       max_checkpoints=3,
   ))
+  # Held-out acceptance (`train.heldout`): per-depth acceptance and τ of greedy drafting on
+  # text the run does not train on, best the target's own answers (`distill.py`), logged to
+  # workdir/heldout.jsonl. Free to change on resume.
+  c.heldout = ml_collections.ConfigDict(dict(
+      source="",  # as data.source (same split, length, chat rendering); "" = none
+      max_rows=16,  # packed rows evaluated (the first ones); 0 = all
+      every=0,  # steps between evaluations, also after the last; 0 = with each checkpoint
+  ))
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
   c.distributed = ml_collections.ConfigDict(dict(
       coordinator_address="",  # host:port of process 0; set with num_processes > 1

@@ -1,7 +1,8 @@
 """The training run: spec -> data, model, sharded state -> steps, logs, checkpoints, export.
 
 `workdir` holds `checkpoints/` (orbax: train state + data position, only of finite states),
-`run_spec.json` (the settings those depend on), `metrics.jsonl`, `tensorboard/` and, at the end,
+`run_spec.json` (the settings those depend on), `metrics.jsonl`, `heldout.jsonl` (with
+`heldout.source`: greedy acceptance on held-out rows), `tensorboard/` and, at the end,
 `hf/`: a Hugging Face directory whose `config.json` declares
 its drafter kind (`PardDrafter` or `ParallelSpecDrafter`), usable as a drafter with no other
 flag (and `delta/`, the same drafter stored as its difference from `model.init`, when only the
@@ -31,6 +32,7 @@ from pard_jax.errors import CheckpointError, ConfigError
 from pard_jax.model import (Transformer, add_feature_input, create_model, grow_vocab,
                             make_identity_layers)
 from pard_jax.train import checkpointing
+from pard_jax.train import heldout
 from pard_jax.train import step as step_lib
 from pard_jax.train.export import export
 from pard_jax.train.metrics import MetricsLog, NonFinite
@@ -66,13 +68,12 @@ def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
   return make_identity_layers(model, m.identity_layers)
 
 
-def load_rows(spec: TrainSpec, tokenizer) -> data_lib.PackedRows:
+def load_rows(spec: TrainSpec, tokenizer, source: str = "") -> data_lib.PackedRows:
+  """The packed rows of `data.source`, or of `source` read the same way (held-out rows)."""
   d = spec.data
-  docs = [doc for source in data_lib.split_sources(d.source)
-          for doc in data_lib.tokenize_records(data_lib.load_records(
-              source, d.split, d.tfds_data_dir), tokenizer, d.assistant_only_loss)]
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  return data_lib.pack(docs, d.length, d.seed, pad_id)
+  return data_lib.load_rows(source or d.source, tokenizer, d.length, split=d.split,
+                            tfds_data_dir=d.tfds_data_dir,
+                            assistant_only_loss=d.assistant_only_loss, seed=d.seed)
 
 
 @dataclasses.dataclass
@@ -168,6 +169,11 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   spec.check_mesh(mesh)
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)
   rows = load_rows(spec, tokenizer)
+  heldout_rows = None
+  if spec.heldout.source:
+    heldout_rows = heldout.first_rows(load_rows(spec, tokenizer, spec.heldout.source),
+                                      spec.heldout.max_rows)
+    heldout.check_unseen(heldout_rows, rows)
   steps = spec.num_steps(rows.num_rows)
   setup = prepare(spec, mesh, rows)
   graphdef, kind, step_cfg = setup.graphdef, setup.kind, setup.step_cfg
@@ -196,6 +202,11 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   step_fn = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding,
                                     run.grad_accum_steps, teacher_graphdef, teacher_sharding)
   in_sharding = sharding_lib.batch_sharding(mesh)
+  evaluate = None
+  if heldout_rows is not None:
+    evaluate = heldout.Evaluator(heldout_rows, graphdef, step_cfg, spec.data.length, mesh,
+                                 state_sharding["params"], run.batch_size // run.grad_accum_steps,
+                                 teacher_graphdef, teacher_sharding)
   rng = jax.random.key(run.seed)
   is_main = jax.process_index() == 0
   log = None
@@ -218,6 +229,8 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
             raise NonFinite(step, "a parameter or optimizer moment is nan or inf",
                             from_previous_state=False)
           checkpointing.save_checkpoint(manager, step, state, batches.position)
+        if evaluate is not None and spec.heldout.due(step, run, steps):
+          log.heldout(step, evaluate(state["params"], *teacher))
   except NonFinite as e:
     raise FloatingPointError(stopped(e, manager, workdir)) from None
   finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -30,16 +31,17 @@ class MetricsLog:
 
   def __init__(self, workdir: pathlib.Path, tokens_per_step: int, log_every: int, bar,
                is_main: bool, start_step: int):
-    self.path = workdir / "metrics.jsonl"
+    self.path, self.heldout_path = workdir / "metrics.jsonl", workdir / "heldout.jsonl"
     self.tokens_per_step, self.log_every, self.bar, self.is_main = (
         tokens_per_step, log_every, bar, is_main)
     self.last_time, self.last_step = time.perf_counter(), None
     self.history: list[dict[str, Any]] = []
-    if is_main and self.path.exists():
-      # Rows logged after the checkpoint we resume from are logged again: drop them.
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= start_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+    for path in (self.path, self.heldout_path):
+      if is_main and path.exists():
+        # Rows logged after the checkpoint we resume from are logged again: drop them.
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
     # purge_step makes TensorBoard drop what an interrupted run logged past the checkpoint.
     self.writer = (tensorboardX.SummaryWriter(str(workdir / "tensorboard"),
                                               purge_step=start_step + 1) if is_main else None)
@@ -47,6 +49,21 @@ class MetricsLog:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+
+  def heldout(self, step: int, result: dict[str, Any]) -> None:
+    """A held-out evaluation (`heldout.summary`): a line beside the bar, heldout.jsonl and
+    TensorBoard (`heldout/tau`, `heldout/accepted_i`: accepted >= i drafts)."""
+    if not self.is_main:
+      return
+    accepted = " ".join(f"{x:.2f}" for x in result["accepted"])
+    self.bar.write(f"step {step}: held-out tau {result['tau']:.3f}, accepted >= i drafts "
+                   f"{accepted} ({result['anchors']} positions)", file=sys.stderr)
+    with open(self.heldout_path, "a") as f:
+      f.write(json.dumps(dict(step=step, **result)) + "\n")
+    self.writer.add_scalar("heldout/tau", result["tau"], step)
+    for i, value in enumerate(result["accepted"], start=1):
+      self.writer.add_scalar(f"heldout/accepted_{i}", value, step)
+    self.writer.flush()
 
   def __call__(self, step: int, metrics) -> None:
     metrics = jax.device_get(metrics)

@@ -78,10 +78,7 @@ class DrafterSpec:
         range(vocab_size, vocab_size + self.num_draft_tokens - 1)), layers)
 
   def layout_masks(self, kind: kinds.DrafterKind) -> tuple[int, ...]:
-    """Depth k's input id in the training layout (the AR peer's are replaced by true tokens)."""
-    if isinstance(kind, kinds.AutoregressiveDrafter):
-      return (0,) * (self.num_draft_tokens - 1)
-    return kind.mask_ids(self.num_draft_tokens)
+    return step_lib.layout_masks(kind, self.num_draft_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +105,20 @@ class RunSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeldoutSpec:
+  """The `heldout` section: held-out rows whose greedy acceptance the run logs."""
+  source: str  # "" = none
+  max_rows: int  # 0 = all
+  every: int  # 0 = with each checkpoint
+
+  def due(self, step: int, run: RunSpec, last_step: int) -> bool:
+    if not self.source:
+      return False
+    every = self.every or run.checkpoint_every
+    return step % every == 0 or step == last_step
+
+
+@dataclasses.dataclass(frozen=True)
 class DistributedSpec:
   coordinator_address: str
   num_processes: int
@@ -122,6 +133,7 @@ class TrainSpec:
   drafter: DrafterSpec
   loss: LossSpec
   train: RunSpec
+  heldout: HeldoutSpec
   mesh_shape: tuple[int, int, int]
   distributed: DistributedSpec
 
@@ -188,10 +200,10 @@ class TrainSpec:
   def run_defining(self) -> dict[str, Any]:
     """The settings a run's checkpoints depend on, by config key, as JSON values: a run resumes
     only with these unchanged. Free to change on resume: how long the run is, what is logged
-    and kept (`RESUMABLE`), the step size (what a diverged run lowers to resume) and the
-    devices (`mesh`, `distributed`)."""
+    and kept (`RESUMABLE`, `heldout`), the step size (what a diverged run lowers to resume)
+    and the devices (`mesh`, `distributed`)."""
     settings = _flat("", {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                          if f.name not in ("mesh_shape", "distributed")})
+                          if f.name not in ("mesh_shape", "distributed", "heldout")})
     # The optimizer's fields are `train.*` keys in a config.
     settings = {k.replace("train.optimizer.", "train."): v for k, v in settings.items()}
     return {k: v for k, v in settings.items() if k not in RESUMABLE}
@@ -203,7 +215,8 @@ class TrainSpec:
     return cls(model=_model(c.model), tokenizer=_tokenizer(c), data=_data(c.data),
                drafter=_drafter(c.drafter, c.data.length),
                loss=_loss(c.loss, c.model.init, bool(tuple(c.drafter.feature_layers))),
-               train=_run(c.train), mesh_shape=_mesh_shape(c.mesh.shape),
+               train=_run(c.train), heldout=_heldout(c.heldout, c.data.source),
+               mesh_shape=_mesh_shape(c.mesh.shape),
                distributed=DistributedSpec(**c.distributed.to_dict()))
 
 
@@ -300,6 +313,19 @@ def _data(d) -> DataSpec:
             f"{d.tfds_data_dir!r} is not a directory (where tfds:NAME is prepared)")
   return DataSpec(source=d.source, split=d.split, tfds_data_dir=tfds_data_dir,
                   assistant_only_loss=bool(d.assistant_only_loss), length=d.length, seed=d.seed)
+
+
+def _heldout(h, training_source: str) -> HeldoutSpec:
+  sources = data_lib.split_sources(h.source) if h.source else ()
+  require(all(sources) and len(set(sources)) == len(sources), "heldout.source",
+          f"lists an empty source or one twice: {h.source!r}")
+  shared = set(sources) & set(data_lib.split_sources(training_source))
+  require(not shared, "heldout.source", f"{', '.join(sorted(shared))} is also in data.source: "
+          "held-out rows must be text the run does not train on")
+  for field in ("max_rows", "every"):
+    require(_is_int(h[field]) and h[field] >= 0, f"heldout.{field}",
+            f"must be an integer >= 0, got {h[field]!r}")
+  return HeldoutSpec(source=h.source, max_rows=h.max_rows, every=h.every)
 
 
 def _drafter(d, length: int) -> DrafterSpec:

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pard_jax import drafter_kinds as kinds
 from pard_jax import layout as layout_lib
 from pard_jax import sharding as sharding_lib
 
@@ -134,6 +135,14 @@ class StepConfig:
   @property
   def needs_teacher_logits(self) -> bool:
     return self.kl_weight > 0 or self.cat_weighting
+
+
+def layout_masks(kind: kinds.DrafterKind, num_draft_tokens: int) -> tuple[int, ...]:
+  """Depth k's input id in the training layout of `kind` (the autoregressive peer's are
+  replaced by true tokens)."""
+  if isinstance(kind, kinds.AutoregressiveDrafter):
+    return (0,) * (num_draft_tokens - 1)
+  return kind.mask_ids(num_draft_tokens)
 
 
 def head_labels(config, labels_BxS, weights_BxS):
