@@ -20,6 +20,7 @@ Shape suffixes, one letter per dimension, with one meaning across the package:
   Q query heads            G key/value heads             E query heads per key/value head
   H head dim               F rotary frequencies (H / 2)  O, I out / in features of a weight
   C target features a feature drafter reads (feature layers x the target's D)
+  A anchors: the row indices a held-out iteration starts from (`train.heldout`)
   1 a unit axis
 """
 
