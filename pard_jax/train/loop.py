@@ -222,6 +222,9 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
         if pending is not None:
           log(*pending)
         pending = (step, metrics)
+        # Before the checkpoint: a run stopped in between redoes both, nothing is missed.
+        if evaluate is not None and spec.heldout.due(step, run, steps):
+          log.heldout(step, evaluate(state["params"], *teacher))
         if step % run.checkpoint_every == 0 or step == steps:
           log(*pending)  # checkpoints only of finite steps and states
           pending = None
@@ -229,8 +232,6 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
             raise NonFinite(step, "a parameter or optimizer moment is nan or inf",
                             from_previous_state=False)
           checkpointing.save_checkpoint(manager, step, state, batches.position)
-        if evaluate is not None and spec.heldout.due(step, run, steps):
-          log.heldout(step, evaluate(state["params"], *teacher))
   except NonFinite as e:
     raise FloatingPointError(stopped(e, manager, workdir)) from None
   finally:
