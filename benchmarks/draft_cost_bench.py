@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.drafter_flags import labelled_drafters  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
 from pard_jax import checkpoints, drafting, sampling  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
@@ -93,12 +94,7 @@ def to_markdown(r) -> str:
 def main(argv):
   del argv
   ks = [int(k) for k in _KS.value]
-  drafters = [item.partition("=")[::2] for item in _DRAFTERS.value]
-  for label, path in drafters:  # all checked before any model loads
-    if not label or not pathlib.Path(path).exists():
-      raise app.UsageError(f"--drafters: {label}={path} is not LABEL=PATH of a directory")
-    if checkpoints.read_config(path).drafter is None:
-      raise app.UsageError(f"--drafters: {path} declares no drafter kind")
+  drafters = labelled_drafters(_DRAFTERS.value)
   rows = []
   for label, path in drafters:
     kind = checkpoints.read_config(path).drafter

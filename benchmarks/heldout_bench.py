@@ -25,11 +25,11 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from benchmarks.drafter_flags import labelled_drafters  # noqa: E402
 from pard_jax import checkpoints, sharding  # noqa: E402
 from pard_jax import data as data_lib  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
-from pard_jax.layout import cod_counts  # noqa: E402
 from pard_jax.train import heldout  # noqa: E402
 from pard_jax.train import step as step_lib  # noqa: E402
 
@@ -47,13 +47,12 @@ _BATCH = flags.DEFINE_integer("batch_size", 4, "rows per forward")
 _OUT = flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results"), "results folder")
 
 
-def evaluate(path: str, kind: kinds.DrafterKind, k: int, rows, target) -> dict:
-  model = checkpoints.load_model(path, dtype="float32")
+def evaluate(model, kind: kinds.DrafterKind, k: int, rows, target) -> dict:
   graphdef, params = nnx.split(model)
-  step_cfg = heldout.full_layout(step_lib.StepConfig(
-      counts=cod_counts(_LENGTH.value, k, 1.0, 1.0), mask_tokens=step_lib.layout_masks(kind, k),
+  step_cfg = step_lib.StepConfig(  # K depths; the evaluator makes them the full layout
+      counts=(1,) * k, mask_tokens=step_lib.layout_masks(kind, k),
       feature_layers=kind.feature_layers,
-      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter)), _LENGTH.value)
+      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter))
   mesh = sharding.make_mesh((-1, 1, 1))
   replicated = NamedSharding(mesh, P())
   teacher = ()
@@ -86,12 +85,7 @@ def to_markdown(r) -> str:
 def main(argv):
   del argv
   ks = [int(k) for k in _KS.value]
-  drafters = [item.partition("=")[::2] for item in _DRAFTERS.value]
-  for label, path in drafters:  # all checked before any model loads
-    if not label or not pathlib.Path(path).exists():
-      raise app.UsageError(f"--drafters: {label}={path} is not LABEL=PATH of a directory")
-    if checkpoints.read_config(path).drafter is None:
-      raise app.UsageError(f"--drafters: {path} declares no drafter kind")
+  drafters = labelled_drafters(_DRAFTERS.value)
   target_path = checkpoints.smollm2_gguf_path()
   tokenizer = checkpoints.load_tokenizer(target_path)
   rows = heldout.first_rows(data_lib.load_rows(_SOURCE.value, tokenizer, _LENGTH.value),
@@ -100,8 +94,9 @@ def main(argv):
   cells = []
   for label, path in drafters:
     kind = checkpoints.read_config(path).drafter
+    model = checkpoints.load_model(path, dtype="float32")
     for k in ks:
-      result = evaluate(path, kind, k, rows, target)
+      result = evaluate(model, kind, k, rows, target)
       cells.append(dict(label=label, path=path, kind=kind.method, k=k, **result))
       print(f"{label} K={k}: tau {result['tau']:.3f}, accepted >= i "
             + " ".join(f"{x:.3f}" for x in result["accepted"]), flush=True)

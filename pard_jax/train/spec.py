@@ -295,13 +295,18 @@ def _tokenizer(c) -> pathlib.Path:
   return path
 
 
+def _sources(value: str, field: str) -> tuple[str, ...]:
+  """The comma-separated sources of `value`, none empty or given twice."""
+  sources = data_lib.split_sources(value)
+  require(all(sources), field, f"lists an empty source: {value!r}")
+  require(len(set(sources)) == len(sources), field, f"lists a source twice: {value!r}")
+  return sources
+
+
 def _data(d) -> DataSpec:
   require(bool(d.source), "data.source", "is required (jsonl/json/parquet path, sharegpt, hub "
           "dataset name or tfds:NAME; several comma-separated)")
-  sources = data_lib.split_sources(d.source)
-  require(all(sources), "data.source", f"lists an empty source: {d.source!r}")
-  require(len(set(sources)) == len(sources), "data.source",
-          f"lists a source twice: {d.source!r}")
+  sources = _sources(d.source, "data.source")
   require(_is_int(d.length) and d.length >= 1, "data.length",
           f"must be an integer >= 1, got {d.length!r}")
   tfds_data_dir = None
@@ -316,9 +321,7 @@ def _data(d) -> DataSpec:
 
 
 def _heldout(h, training_source: str) -> HeldoutSpec:
-  sources = data_lib.split_sources(h.source) if h.source else ()
-  require(all(sources) and len(set(sources)) == len(sources), "heldout.source",
-          f"lists an empty source or one twice: {h.source!r}")
+  sources = _sources(h.source, "heldout.source") if h.source else ()
   shared = set(sources) & set(data_lib.split_sources(training_source))
   require(not shared, "heldout.source", f"{', '.join(sorted(shared))} is also in data.source: "
           "held-out rows must be text the run does not train on")
