@@ -7,6 +7,8 @@ online, on the same distilled answers as the token-only cut (`configs/smollm2_dr
       --config.drafter.method=parallelspec --config.drafter.mask_token_ids='()'  # K-1 masks
   python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature_sd \
       --config.drafter.method=sd --config.drafter.mask_token_ids='()'            # AR peer
+  python train.py --config=configs/smollm2_feature.py --workdir=/tmp/smollm2_feature_k8 \
+      --config.drafter.num_draft_tokens=8                                         # K = 8
 
 The drafter keeps one of the target's 30 layers (layer 0) and shares its embedding, final norm
 and head, frozen. It reads the target's residual stream after layers 6, 14 and 22 and its last

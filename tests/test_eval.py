@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from pard_jax import checkpoints, sampling
+from pard_jax.checkpoints import assets
 from pard_jax import drafter_kinds as kinds
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.eval import cells, job, prompts, report
+from pard_jax.eval import spec as spec_lib
 from pard_jax.errors import ConfigError, DataError
 from pard_jax.model import create_model
 from tests.helpers import ROOT, load_config, perturbed, resized_vocab
@@ -100,6 +102,19 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
 
   with pytest.raises(ConfigError, match=r"other settings \(max_new_tokens: 12 there, 8"):
     job.run(_config(models, max_new_tokens=8, report_dir=str(directory)))
+
+
+def test_reports_name_files_without_this_machines_paths(models, tmp_path, monkeypatch):
+  """Committed results must not name where a checkout lies: a report's settings name a file
+  below the working directory relative to it, and one inside an installed package as
+  `package:...`; anything else stays absolute."""
+  monkeypatch.chdir(models)
+  identity = lambda **o: spec_lib.EvalSpec.from_config(_config(models, **o)).identity()
+  assert identity()["target"] == "target" and identity()["drafter"] == "drafter"
+  assert identity(drafter=f"d={models / 'drafter'}")["drafter"] == ["d=drafter"]
+  monkeypatch.chdir(tmp_path)
+  assert identity()["target"] == str(models / "target")
+  assert identity(target="")["target"] == assets.SMOLLM2_GGUF
 
 
 def _accept_everything(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy, num_verified=None):
