@@ -28,7 +28,7 @@ step costs 1.7x: 7.1 s alone). The target runs online: its forward is half of a 
 about 28 min for 1.6 GB of disk; no cache is built yet.
 """
 
-from configs import smollm2_drafter
+from configs import DATA, ROOT, SMOLLM2_GGUF, smollm2_drafter
 
 
 def get_config():
@@ -41,4 +41,18 @@ def get_config():
   config.train.num_epochs = 3
   config.train.learning_rate = 5e-4
   config.train.checkpoint_every = 25
+  return config
+
+
+def on_own_answers(drafter: str):
+  """This recipe continued from a shipped drafter (`drafters/...`, all its layers) on the
+  target's 4000 self-distilled answers, the target online for features and as teacher."""
+  config = get_config()
+  config.model.init = str(ROOT / drafter)
+  config.model.keep_layers = ()
+  config.loss.teacher = SMOLLM2_GGUF
+  config.data.source = str(DATA / "distill/smollm2_sharegpt_4k.jsonl")
+  config.heldout.source = ""  # the 4k answers hold the held-out ones
+  config.train.learning_rate = 3e-4
+  config.train.warmup_steps = 10
   return config

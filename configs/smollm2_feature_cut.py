@@ -20,17 +20,10 @@ min, 5.2 s a step), for twice the KL drafter's drafter ms, so the KL drafter sta
 one.
 """
 
-from configs import DATA, ROOT, SMOLLM2_GGUF, smollm2_feature
+from configs import smollm2_feature
 
 
 def get_config():
-  config = smollm2_feature.get_config()
-  config.model.init = str(ROOT / "drafters/smollm2_135m_pard")
-  config.model.keep_layers = ()  # the cut's four layers
-  config.loss.teacher = SMOLLM2_GGUF
-  config.data.source = str(DATA / "distill/smollm2_sharegpt_4k.jsonl")
-  config.heldout.source = ""  # the 4k answers hold the held-out ones
+  config = smollm2_feature.on_own_answers("drafters/smollm2_135m_pard")
   config.train.num_steps = 600
-  config.train.learning_rate = 3e-4
-  config.train.warmup_steps = 10
   return config
