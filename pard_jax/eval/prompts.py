@@ -24,6 +24,7 @@ import zipfile
 from typing import Sequence
 
 from pard_jax import data
+from pard_jax.checkpoints import assets
 from pard_jax.errors import DataError
 
 
@@ -148,7 +149,7 @@ class JsonlFile(PromptSet):
 
   @property
   def source(self) -> str:
-    return str(self.path.resolve())
+    return assets.portable(self.path)
 
   def load(self) -> list[Prompt]:
     if not self.path.is_file():

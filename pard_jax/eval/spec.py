@@ -108,16 +108,6 @@ def _check_outputs(output: pathlib.Path | None, report_dir: pathlib.Path | None,
               "elsewhere")
 
 
-def _portable(path: pathlib.Path) -> str:
-  """How a report names a file: `package:...` inside an installed package, relative to the
-  working directory below it, else absolute, so committed results name no path of this machine."""
-  reference = assets.reference(path)
-  if assets.is_reference(reference):
-    return reference
-  resolved, here = pathlib.Path(reference), pathlib.Path.cwd().resolve()
-  return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else reference
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
   """What to decode and measure: every (prompt set, method, drafter, K) cell, plus `ar` and
@@ -196,7 +186,7 @@ class EvalSpec:
   def identity(self) -> dict[str, Any]:
     """The settings every stored cell result depends on (a resumed report must match them);
     the prompts themselves are keyed per set by the report (`max_prompts` acts through them)."""
-    path = lambda p: _portable(p) if p is not None else ""
+    path = lambda p: assets.portable(p) if p is not None else ""
     # One unlabelled drafter is stored as its path, as before labels existed.
     drafter = (path(self.drafter) if not any(label for label, _ in self.drafters)
                else [f"{label}={path(p)}" for label, p in self.drafters])
