@@ -64,8 +64,8 @@ def _evaluation_texts() -> set[str]:
 def settings(c, target_path: pathlib.Path) -> dict[str, Any]:
   """What the answers depend on, portably: a rerun must match it to append."""
   source = (c.source if c.source in prompts_lib.TRAINING_PROMPT_SETS
-            else str(pathlib.Path(c.source).expanduser().resolve()))
-  return dict(target=assets.reference(target_path), source=source,
+            else assets.portable(pathlib.Path(c.source).expanduser()))
+  return dict(target=assets.portable(target_path), source=source,
               max_prompt_tokens=c.max_prompt_tokens, max_new_tokens=c.max_new_tokens,
               temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed,
               dtype=c.dtype)

@@ -65,6 +65,17 @@ def test_distilled_data_resumes_without_duplicates_and_trains(config, tmp_path):
   assert len(docs) == 5 and all(mask.any() for _, mask in docs)
 
 
+def test_settings_name_files_as_reports_do(config):
+  """The record beside committed answers names no path of this machine: files in the checkout
+  relative to it (a rerun from elsewhere appends), others absolute."""
+  config.source = str(ROOT / "data/tiny_chat.jsonl")
+  recorded = distillation.settings(config, ROOT / "drafters/smollm2_135m_pard")
+  assert recorded["source"] == "data/tiny_chat.jsonl"
+  assert recorded["target"] == "drafters/smollm2_135m_pard"
+  config.source = "sharegpt"
+  assert distillation.settings(config, ROOT)["source"] == "sharegpt"
+
+
 def test_bad_values_fail_before_loading(config, tmp_path):
   config.source = "mtbench"
   with pytest.raises(ConfigError, match="config.source: unknown source 'mtbench'; known: "
