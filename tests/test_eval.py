@@ -112,7 +112,7 @@ def test_reports_name_files_without_this_machines_paths(models, monkeypatch):
   chat = ROOT / "data/tiny_chat.jsonl"
   for cwd in (models, ROOT / "benchmarks"):
     monkeypatch.chdir(cwd)
-    assert identity()["target"] == str(models / "target")
+    assert identity()["target"] == str((models / "target").resolve())
     assert assets.portable(chat) == "data/tiny_chat.jsonl"
     assert prompts.JsonlFile(chat).source == "data/tiny_chat.jsonl"
   monkeypatch.setattr(assets, "_package_dirs", lambda: [models.resolve()])
