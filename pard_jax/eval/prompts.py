@@ -16,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
 import pathlib
-import sys
 import tomllib
 import zipfile
 from typing import Sequence
@@ -98,8 +96,7 @@ class GSM8K(PromptSet):
 
   @staticmethod
   def data_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("PARD_JAX_DATA") or pathlib.Path(sys.prefix) / "share"
-                        / "pard_jax")
+    return assets.data_dir()
 
   @property
   def install(self) -> str:
