@@ -274,7 +274,7 @@ class Transformer(nnx.Module):
       return self.lm_head(hidden_BxSxD).astype(jnp.float32)
     ids_R = jnp.asarray(ids, jnp.int32)
     if self.lm_head is None:
-      table_RxD = self.embed_tokens.embedding[...][ids_R]
+      table_RxD = self.embed_tokens(ids_R)  # through the module: adapted rows count
     else:
       table_RxD = self.lm_head.kernel[...][:, ids_R].T
     dtype = jnp.dtype(self.config.dtype)

@@ -31,6 +31,9 @@ LLAMA_RULES: tuple[tuple[str, P], ...] = (
     # A feature drafter's input (`model.FeatureInput`): [C, D] projection, C-vectors.
     (r"features/feature_proj/kernel$", P("fsdp", "tensor")),
     (r"features/feature_(norm|stand_in)$", P()),
+    # Low-rank adapters and learned mask rows (`pard_jax.adapters`): small, replicated.
+    (r"lora/lora_(a|b)$", P()),
+    (r"embed_tokens/rows$", P()),
 )
 
 

@@ -15,6 +15,8 @@ one is `export.save_delta`. No jax: `config_json` parses the field through this 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import pathlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,42 +32,81 @@ DRAFTER_ONLY = "model.features."
 Fetch = Callable[[str], np.ndarray]
 
 
+_WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin")
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+  del size, mtime_ns  # the cache key: a rewritten file is hashed again
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def fingerprint(base: pathlib.Path) -> str:
+  """sha256 of a base checkpoint's weights: the file, or a directory's weight files in order
+  ("" for a directory without any: its reader names what is missing)."""
+  files = [base] if base.is_file() else sorted(
+      p for p in base.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+  if not files:
+    return ""
+  hashes = [_sha256(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+  return hashes[0] if base.is_file() else hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class Delta:
-  """A delta's `DELTA_FIELD`: its base checkpoint and the layers of it the drafter kept."""
-  # `package:<dir>/<file>` inside an installed package (portable), else a path: relative to
-  # the delta directory, or absolute.
+  """A delta's `DELTA_FIELD`: its base checkpoint, the layers of it the drafter kept and the
+  base's `fingerprint`, so that a replaced or other base is refused rather than patched."""
+  # `package:<dir>/<file>` inside an installed package or `asset:<file>` (portable), else a
+  # path: relative to the delta directory, or absolute.
   base: str
   keep_layers: tuple[int, ...] = ()
+  base_sha256: str = ""  # "" in deltas written before it was recorded: not checked
 
   @classmethod
   def over(cls, base: pathlib.Path, keep_layers: Sequence[int] = ()) -> Delta:
     """The delta over `base`, referenced through its package when it lies in one."""
-    return cls(assets.reference(base), tuple(keep_layers))
+    return cls(assets.reference(base), tuple(keep_layers), fingerprint(pathlib.Path(base)))
 
   @classmethod
   def from_hf(cls, value: Any, config_file: pathlib.Path) -> Delta:
     if isinstance(value, dict):
       base, keep_layers = value.get("base"), value.get("keep_layers") or []
-      if (isinstance(base, str) and isinstance(keep_layers, list)
+      sha256 = value.get("base_sha256", "")
+      if (isinstance(base, str) and isinstance(keep_layers, list) and isinstance(sha256, str)
           and all(isinstance(i, int) for i in keep_layers)):
-        return cls(base, tuple(keep_layers))
-    raise CheckpointError(f"{config_file}: {DELTA_FIELD} must be an object with a 'base' path "
-                          f"and a 'keep_layers' list of layer indices, got {value!r}")
+        return cls(base, tuple(keep_layers), sha256)
+    raise CheckpointError(f"{config_file}: {DELTA_FIELD} must be an object with a 'base' path, "
+                          f"a 'keep_layers' list of layer indices and optionally a "
+                          f"'base_sha256' string, got {value!r}")
 
   def to_hf(self) -> dict[str, Any]:
-    return {"base": self.base, "keep_layers": list(self.keep_layers)}
+    out = {"base": self.base, "keep_layers": list(self.keep_layers)}
+    if self.base_sha256:
+      out["base_sha256"] = self.base_sha256
+    return out
 
   def resolve(self, delta_dir: pathlib.Path) -> pathlib.Path:
-    """The base checkpoint's path, for the delta in `delta_dir`."""
+    """The base checkpoint's path, for the delta in `delta_dir`, checked against the recorded
+    fingerprint."""
     if assets.is_reference(self.base):
       try:
-        return assets.resolve(self.base)
+        base = assets.resolve(self.base)
       except CheckpointError as e:
         raise CheckpointError(f"{delta_dir} is a delta over {e}") from e
-    base = delta_dir / self.base  # an absolute reference stays absolute
-    if not base.exists():
-      raise CheckpointError(f"{delta_dir} is a delta over {self.base!r}, which does not exist")
+    else:
+      base = delta_dir / self.base  # an absolute reference stays absolute
+      if not base.exists():
+        raise CheckpointError(f"{delta_dir} is a delta over {self.base!r}, which does not "
+                              f"exist")
+    found = fingerprint(base) if self.base_sha256 else ""
+    if found and found != self.base_sha256:
+      raise CheckpointError(f"{delta_dir} is a delta over {self.base!r} with sha256 "
+                            f"{self.base_sha256}, but {base} has sha256 {found}: another base "
+                            f"(replaced or edited); use the base it was trained over")
     return base
 
 
@@ -97,12 +138,31 @@ def changes(tensors: Iterable[tuple[str, np.ndarray]], fetch_base: Fetch, base: 
   return stored
 
 
+def with_factors(stored: dict[str, np.ndarray],
+                 factors: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+  """`stored` plus low-rank adapters (`pard_jax.adapters.factors`): the weight `name` changes
+  by `up @ down`, kept as `<name>:lora_down` `[r, in]` and `<name>:lora_up` `[out, r]`."""
+  for name, (down, up) in factors.items():
+    if name in stored:
+      raise CheckpointError(f"{name} is stored whole and as an adapter")
+    stored[f"{name}:lora_down"], stored[f"{name}:lora_up"] = down, up
+  return stored
+
+
 def patched(stored: Mapping[str, np.ndarray], fetch_base: Fetch) -> Fetch:
-  """The fetch of the drafter a delta stores: its tensors, else the base's with its rows."""
+  """The fetch of the drafter a delta stores: its tensors, else the base's with its rows, and
+  with its adapter folded in (in float32: no per-token cost at decoding)."""
   def fetch(name: str) -> np.ndarray:
     if name in stored:
       return stored[name]
     array = fetch_base(name)
+    if f"{name}:lora_up" in stored:
+      up, down = stored[f"{name}:lora_up"], stored[f"{name}:lora_down"]
+      if up.shape[0] != array.shape[0] or down.shape[1:] != array.shape[1:]:
+        raise CheckpointError(f"the adapter of {name} is {up.shape[0]} x {down.shape[1:]} but "
+                              f"the base's tensor is {array.shape}: a delta over another base")
+      return (np.asarray(array, np.float32)
+              + np.asarray(up, np.float32) @ np.asarray(down, np.float32))
     if f"{name}:rows" in stored:
       row_ids = stored[f"{name}:row_ids"]
       # Appended rows (a grown vocabulary) are always stored; they extend the base's table.

@@ -62,8 +62,11 @@ def save_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer=None,
 
 def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.PathLike,
                keep_layers: Sequence[int] = (), dtype: str = "float16",
-               max_changed_rows: float = 0.5, drafter: DrafterKind | None = None) -> pathlib.Path:
-  """Writes what `model` changes over `base` (cut to `keep_layers`), stored in `dtype`.
+               max_changed_rows: float = 0.5, drafter: DrafterKind | None = None,
+               factors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> pathlib.Path:
+  """Writes what `model` changes over `base` (cut to `keep_layers`), stored in `dtype`, and
+  the low-rank adapters `factors` (`pard_jax.adapters.factors`) that change it further.
 
   A `base` that is itself a delta (a drafter trained on from a shipped one) is replaced by its
   own base, so a delta always names a plain checkpoint and loads without the first delta.
@@ -76,7 +79,8 @@ def save_delta(model: Transformer, out_dir: str | os.PathLike, base: str | os.Pa
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   fetch_base = Checkpoint.open(base).cut(keep_layers).fetch
-  stored = delta.changes(model_tensors(model), fetch_base, base, max_changed_rows)
+  stored = delta.with_factors(
+      delta.changes(model_tensors(model), fetch_base, base, max_changed_rows), factors or {})
   for name, array in stored.items():
     if np.issubdtype(array.dtype, np.floating):
       stored[name] = narrowed = array.astype(jnp.dtype(dtype))

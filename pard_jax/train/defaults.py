@@ -98,8 +98,11 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       max_grad_norm=1.0,  # 0 disables clipping
-      # "all", or "layers": only the decoder layers and the mask tokens' embedding rows learn.
+      # "all"; "layers": only the decoder layers and the mask tokens' embedding rows learn;
+      # "lora": only low-rank adapters on the decoder's dense layers (`lora_rank`) and the mask
+      # rows learn (`pard_jax.adapters`), exported as a delta of their factors.
       trainable="all",
+      lora_rank=32,
       seed=0,  # COD sampling
       log_every=10,
       checkpoint_every=500,

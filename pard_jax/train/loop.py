@@ -24,6 +24,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from pard_jax import adapters
 from pard_jax import checkpoints
 from pard_jax import data as data_lib
 from pard_jax import drafter_kinds as kinds
@@ -101,13 +102,16 @@ def prepare(spec: TrainSpec, mesh: Mesh, rows: data_lib.PackedRows) -> Setup:
   if layers and not model.config.feature_size:
     width = checkpoints.read_config(spec.loss.teacher).model.hidden_size
     model = add_feature_input(model, len(layers), len(layers) * width)
+  if spec.train.trainable == "lora":
+    model = adapters.add_adapters(model, spec.train.lora_rank, masks, seed=spec.model.seed)
   if spec.model.draft_vocab_size:
     model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
         rows, spec.model.draft_vocab_size, model.config.vocab_size))
   graphdef, params = nnx.split(model)
   step_cfg = step_lib.StepConfig(
       counts=spec.cod_counts, mask_tokens=spec.drafter.layout_masks(kind),
-      frozen_head=spec.train.trainable == "layers", ce_weight=spec.loss.ce_weight,
+      frozen_head=spec.train.trainable == "layers", adapters=spec.train.trainable == "lora",
+      ce_weight=spec.loss.ce_weight,
       kl_weight=spec.loss.kl_weight, cat_weighting=spec.loss.cat_weighting,
       feature_layers=layers, feature_dropout=spec.drafter.feature_dropout,
       autoregressive=isinstance(kind, kinds.AutoregressiveDrafter),
@@ -178,7 +182,8 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   setup = prepare(spec, mesh, rows)
   graphdef, kind, step_cfg = setup.graphdef, setup.kind, setup.step_cfg
   optimizer = step_lib.make_optimizer(spec.optimizer(steps), run.trainable, setup.masks)
-  state, state_sharding = step_lib.create_sharded_state(setup.params, optimizer, mesh)
+  state, state_sharding = step_lib.create_sharded_state(setup.params, optimizer, mesh,
+                                                        step_cfg.adapters)
   setup.params = None  # the state holds them now
   teacher = () if setup.teacher_params is None else (setup.teacher_params,)
   teacher_graphdef = setup.teacher_graphdef

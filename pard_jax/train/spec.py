@@ -98,6 +98,7 @@ class RunSpec:
   num_steps: int
   optimizer: step_lib.OptimizerConfig  # total_steps is set by `TrainSpec.optimizer`
   trainable: str
+  lora_rank: int  # with trainable "lora"
   seed: int
   log_every: int
   checkpoint_every: int
@@ -397,6 +398,8 @@ def _run(t) -> RunSpec:
           f"({t.grad_accum_steps}) must be >= 1 and divide train.batch_size ({t.batch_size})")
   require(t.trainable in step_lib.TRAINABLE, "train.trainable",
           f"unknown value {t.trainable!r}; known: {step_lib.TRAINABLE}")
+  require(_is_int(t.lora_rank) and t.lora_rank >= 1, "train.lora_rank",
+          f"must be an integer >= 1, got {t.lora_rank!r}")
   require(t.schedule in step_lib.SCHEDULES, "train.schedule",
           f"unknown schedule {t.schedule!r}; known: {step_lib.SCHEDULES}")
   require(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
@@ -416,7 +419,7 @@ def _run(t) -> RunSpec:
       weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, eps=t.eps, max_grad_norm=t.max_grad_norm)
   return RunSpec(batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps,
                  num_epochs=t.num_epochs, num_steps=t.num_steps, optimizer=optimizer,
-                 trainable=t.trainable, seed=t.seed, log_every=t.log_every,
+                 trainable=t.trainable, lora_rank=t.lora_rank, seed=t.seed, log_every=t.log_every,
                  checkpoint_every=t.checkpoint_every, max_checkpoints=t.max_checkpoints)
 
 

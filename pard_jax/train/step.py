@@ -61,7 +61,9 @@ def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
   return optax.join_schedules([warmup, after_warmup], [cfg.warmup_steps])
 
 
-TRAINABLE = ("all", "layers")
+# "lora": only the adapters and the mask rows (`adapters`, all `nnx.LoRAParam`) learn; the
+# optimizer sees just those (`trainable_part`).
+TRAINABLE = ("all", "layers", "lora")
 
 
 def freeze_shared(mask_tokens: Sequence[int]) -> optax.GradientTransformation:
@@ -89,7 +91,8 @@ def freeze_shared(mask_tokens: Sequence[int]) -> optax.GradientTransformation:
 
 def make_optimizer(cfg: OptimizerConfig, trainable: str = "all",
                    mask_tokens: Sequence[int] = ()) -> optax.GradientTransformation:
-  """AdamW with optional clipping; `trainable="layers"` freezes the shared tensors."""
+  """AdamW with optional clipping; `trainable="layers"` freezes the shared tensors. With
+  `"lora"` it runs over `trainable_part(params)` only."""
   if trainable not in TRAINABLE:
     raise ValueError(f"unknown trainable {trainable!r}; known: {TRAINABLE}")
   adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
@@ -111,6 +114,8 @@ class StepConfig:
   # The head is frozen (`trainable="layers"`): skip its weight gradient, the costliest matmul
   # of a small drafter's step (vocab x hidden per slot); hidden states still get theirs.
   frozen_head: bool = False
+  # Only the adapters and mask rows learn (`train.trainable="lora"`, `trainable_part`).
+  adapters: bool = False
   ce_weight: float = 1.0  # cross-entropy on the data's next tokens
   kl_weight: float = 0.0  # KL(target || drafter) at every slot; needs a teacher (PARD-2: 0.1, 1.0)
   cat_weighting: bool = False  # PARD-2's CAT (`cat_weights`); needs a teacher
@@ -328,7 +333,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   def chunk(x):  # [batch, ...] -> [accum_steps, batch / accum_steps, ...]
     return x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1)
 
-  grad_fn = jax.grad(layout_loss, has_aux=True)
+  trainable, rest = trainable_part(state["params"], step_cfg.adapters)
+  grad_fn = jax.grad(lambda t, *args: layout_loss(with_trainable(t, rest), *args), has_aux=True)
   row_keys_B = jax.random.split(jax.random.fold_in(rng, state["step"]),
                                 batch["tokens"].shape[0])
 
@@ -338,19 +344,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     micro_batch, micro_keys = xs
     teacher, features = (teacher_outputs(teacher_params, teacher_graphdef, micro_batch, step_cfg)
                          if step_cfg.uses_teacher else (None, None))
-    grads, stats = grad_fn(state["params"], graphdef, micro_batch, micro_keys, step_cfg, teacher,
+    grads, stats = grad_fn(trainable, graphdef, micro_batch, micro_keys, step_cfg, teacher,
                            features)
     return jax.tree.map(jnp.add, carry, (grads, stats)), None
 
   stat_names = ("nll", "correct", "count") + (("kl",) if use_kl else ())
-  zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
+  zeros = (jax.tree.map(jnp.zeros_like, trainable),
            {k: jnp.zeros((step_cfg.num_draft_tokens,), jnp.float32) for k in stat_names})
   (grads, stats), _ = jax.lax.scan(
       accumulate, zeros, (jax.tree.map(chunk, batch), chunk(row_keys_B)))
   total = jnp.maximum(jnp.sum(stats["count"]), 1.0)
   grads = jax.tree.map(lambda g: g / total.astype(g.dtype), grads)
-  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
+  updates, opt_state = optimizer.update(grads, state["opt_state"], trainable)
+  params = with_trainable(optax.apply_updates(trainable, updates), rest)
   count_K = jnp.maximum(stats["count"], 1.0)
   loss = step_cfg.ce_weight * jnp.sum(stats["nll"])
   metrics = dict(loss_per_depth=stats["nll"] / count_K,
@@ -363,8 +369,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
 
 
-def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-  return dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+def trainable_part(params, adapters: bool):
+  """What the optimizer updates and the gradient is taken of: with `adapters`, the
+  `nnx.LoRAParam` leaves (`pard_jax.adapters`), else all of `params`; and the rest (or None)."""
+  if not adapters:
+    return params, None
+  return nnx.split_state(params, nnx.LoRAParam, ...)
+
+
+def with_trainable(trainable, rest):
+  return trainable if rest is None else nnx.merge_state(trainable, rest)
+
+
+def init_state(params, optimizer: optax.GradientTransformation,
+               adapters: bool = False) -> TrainState:
+  trainable, _ = trainable_part(params, adapters)
+  return dict(params=params, opt_state=optimizer.init(trainable),
+              step=jnp.zeros((), jnp.int32))
 
 
 def jit_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
@@ -383,10 +404,12 @@ def jit_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
                  out_shardings=(state_sharding, replicated), donate_argnames="state")
 
 
-def create_sharded_state(params, optimizer: optax.GradientTransformation, mesh: Mesh):
+def create_sharded_state(params, optimizer: optax.GradientTransformation, mesh: Mesh,
+                         adapters: bool = False):
   """The initial train state placed in its shardings, and those shardings."""
-  abstract = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+  init = functools.partial(init_state, optimizer=optimizer, adapters=adapters)
+  abstract = jax.eval_shape(init, params)
   sharding = sharding_lib.state_shardings(abstract, mesh)
   params = jax.device_put(params, sharding["params"])
-  state = jax.jit(lambda p: init_state(p, optimizer), out_shardings=sharding)(params)
+  state = jax.jit(init, out_shardings=sharding)(params)
   return state, sharding
