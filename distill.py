@@ -12,8 +12,10 @@ from ml_collections import config_flags
 
 from pard_jax import cli, distillation
 
+_DEFAULT = str(pathlib.Path(__file__).resolve().parent / "configs/distill.py")
+cli.refuse_unknown_settings(_DEFAULT)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).resolve().parent / "configs/distill.py"),
+    "config", _DEFAULT,
     "distillation settings")
 
 

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from pard_jax import cli
 from pard_jax.train import checkpointing, loop
 
+cli.refuse_unknown_settings()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the exported drafter.")

@@ -41,6 +41,29 @@ def test_a_user_error_is_one_line_and_status_2(script, args, message, request, t
   assert "wrote" not in stdout and not (tmp_path / "W").exists()
 
 
+@pytest.mark.parametrize("argv, default, message", [
+    (["decode.py", "--config.num_draft_token=4"], "configs/decode.py",
+     "config.num_draft_token: unknown setting; did you mean config.num_draft_tokens?"),
+    (["train.py", "--config=configs/tiny.py", "--config.train.bogus=1"], None,
+     "config.train.bogus: unknown setting; did you mean config.train.b2 or config.train.b1 "
+     "or config.train.eps?"),
+    (["train.py", "--config=configs/qwen2_5.py:/m", "--config.trian.seed=1"], None,
+     "config.trian.seed: unknown setting; did you mean config.train?"),
+    (["distill.py", "--config.target=x", "--config.batch_size=2"], "configs/distill.py", None),
+])
+def test_a_misspelled_setting_is_named_with_the_closest_ones(argv, default, message,
+                                                             monkeypatch):
+  monkeypatch.chdir(ROOT)
+  assert cli.unknown_setting(argv, default) == message
+
+
+def test_a_misspelled_setting_is_one_line_and_status_2(tmp_path):
+  status, _, stderr = _entry_point("decode.py", ["--config.num_draft_token=4"], tmp_path)
+  assert (status, stderr.splitlines()) == (2, [
+      "decode.py: config.num_draft_token: unknown setting; did you mean "
+      "config.num_draft_tokens?"])
+
+
 @pytest.fixture
 def absl_verbosity():
   """`cli.run` sets absl's verbosity for the process; put it back for the other tests."""
