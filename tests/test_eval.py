@@ -45,7 +45,8 @@ def _config(models, **overrides):
   # Every draft verified: a tiny random drafter is never sure enough for the default threshold.
   config.update(dict(target=str(models / "target"), drafter=str(models / "drafter"),
                      prompts=str(models / "prompts.jsonl"), max_new_tokens=NEW,
-                     method="ar", max_prompts=0, stop_token_ids=(), verify_threshold=0.0))
+                     method="ar", max_prompts=0, stop_token_ids=(), verify_threshold=0.0,
+                     sd_drafter=""))
   config.update(overrides)
   return config
 
@@ -166,7 +167,7 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
   proc = subprocess.run(
       [sys.executable, str(ROOT / "decode.py"), f"--config.target={models / 'target'}",
        f"--config.drafter={models / 'drafter'}", f"--config.prompts={models / 'prompts.jsonl'}",
-       "--config.method=ar,sd", "--config.num_draft_tokens=2,3", "--config.max_new_tokens=5",
+       "--config.sd_drafter=", "--config.method=ar,sd", "--config.num_draft_tokens=2,3", "--config.max_new_tokens=5",
        "--config.max_prompts=0",
        "--config.temperature=0.7", "--config.top_p=0.9", f"--config.output={output}",
        "--config.stop_token_ids=()"],

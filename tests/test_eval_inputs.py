@@ -46,7 +46,7 @@ def _config(root, **overrides):
   """`D` of the issue: configs/decode.py with its defaults (max_prompts included)."""
   config = load_config("configs/decode.py")
   config.update(dict(target=str(root / "H"), drafter=str(root / "H"), method="ar",
-                     prompts=str(root / "p3.jsonl"), max_new_tokens=NEW))
+                     prompts=str(root / "p3.jsonl"), max_new_tokens=NEW, sd_drafter=""))
   config.update(overrides)
   return config
 

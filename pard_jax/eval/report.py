@@ -300,18 +300,28 @@ class Report:
 
 
 def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
-  """One line per cell: engine, method, K, tokens, τ, tok/s, speedup, identity, acceptance."""
+  """One line per cell: engine, method, K, tokens, τ, tok/s, speedup, identity, acceptance;
+  with `sd` cells among `cells` (one prompt set), also each drafted cell's speed over `sd`'s at
+  its K."""
+  sd = {(c.engine, c.num_draft_tokens): c.tokens_per_second for c in cells if c.method == "sd"}
   header = ["engine", "method", "K", "prompts", "tokens", "tau", "tok/s", "speedup vs ar",
             "ours/peer", "identical to ar", "accepted >= i drafts (i = 1..K)"]
+  if sd:
+    header.insert(8, "vs sd")
   body = []
   for c in cells:
-    body.append([
+    row = [
         c.engine, c.name, str(c.num_draft_tokens), str(c.num_prompts), str(c.num_tokens),
         f"{c.tau:.2f}" if c.tau is not None else "-", f"{c.tokens_per_second:.1f}",
         f"{c.speedup_vs_ar:.2f}x" if c.speedup_vs_ar is not None else "-",
         f"{c.ours_vs_peer:.2f}x" if c.ours_vs_peer is not None else "-",
         f"{c.identical_to_ar}/{c.num_prompts}" if c.identical_to_ar is not None else "-",
-        " ".join(f"{a:.2f}" for a in c.acceptance_by_depth) or "-"])
+        " ".join(f"{a:.2f}" for a in c.acceptance_by_depth) or "-"]
+    if sd:
+      over = sd.get((c.engine, c.num_draft_tokens))
+      row.insert(8, f"{c.tokens_per_second / over:.2f}x"
+                 if over and c.method not in ("ar", "sd") else "-")
+    body.append(row)
   if markdown:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(row) + " |" for row in body])
