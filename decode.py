@@ -34,4 +34,5 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, interrupted=("finished cells are kept in report_dir and output; "
+                            "rerun the same command to finish the rest"))

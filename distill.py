@@ -24,4 +24,5 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, interrupted=("the answers written so far are kept; "
+                            "rerun the same command to add the rest"))

@@ -27,4 +27,5 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, interrupted=("the checkpoints written so far are kept; "
+                            "rerun the same command to resume from the latest"))

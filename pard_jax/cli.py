@@ -60,9 +60,11 @@ def refuse_unknown_settings(default_config: str | None = None,
     sys.exit(2)
 
 
-def run(main: Callable[[], None], argv: Sequence[str] | None = None) -> None:
+def run(main: Callable[[], None], argv: Sequence[str] | None = None,
+        interrupted: str = "") -> None:
   """`app.run` for an entry point whose `main()` takes no arguments; `argv` (program name
-  first) defaults to `sys.argv`."""
+  first) defaults to `sys.argv`. Ctrl-C prints `interrupted` (what was kept, how to resume) as
+  one line and exits with status 130."""
 
   def absl_main(argv):
     if len(argv) > 1:
@@ -74,5 +76,9 @@ def run(main: Callable[[], None], argv: Sequence[str] | None = None) -> None:
     except PardJaxError as e:
       print(f"{pathlib.Path(argv[0]).name}: {e}", file=sys.stderr)
       sys.exit(2)
+    except KeyboardInterrupt:
+      print(f"\n{pathlib.Path(argv[0]).name}: interrupted{'; ' if interrupted else ''}"
+            f"{interrupted}", file=sys.stderr)
+      sys.exit(130)
 
   app.run(absl_main, argv=None if argv is None else list(argv))

@@ -72,6 +72,17 @@ def absl_verbosity():
   logging.set_verbosity(saved)
 
 
+def test_ctrl_c_is_one_line_saying_what_was_kept_and_status_130(absl_verbosity, capsys):
+  def main():
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as exited:
+    cli.run(main, argv=["train.py"], interrupted="checkpoints kept; rerun to resume")
+  assert exited.value.code == 130
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "train.py: interrupted; checkpoints kept; rerun to resume"]
+
+
 def test_a_bug_keeps_its_traceback(absl_verbosity):
   def main():
     raise RuntimeError("a bug")

@@ -246,3 +246,22 @@ def test_tfds_source_errors_name_the_dataset_and_never_download(tmp_path):
   with pytest.raises(ConfigError, match="config.data.tfds_data_dir: .* is not a directory"):
     TrainSpec.from_config(config)
   assert issubclass(DataError, PardJaxError) and data.DataError is DataError
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 1), (0, 1, 1)])
+def test_a_mesh_the_devices_cannot_form_is_refused_before_any_file(shape, tmp_path):
+  config = tiny_train_config(num_steps=2)
+  config.mesh.shape = shape
+  with pytest.raises(ConfigError, match=r"config.mesh.shape: mesh .* needs"):
+    loop.train(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_that_cannot_be_written_is_refused_up_front(tmp_path, monkeypatch):
+  # Root writes into read-only directories, so the failing write is simulated.
+  def read_only(*args, **kwargs):
+    raise OSError(30, "Read-only file system")
+  monkeypatch.setattr(loop.tempfile, "TemporaryFile", read_only)
+  with pytest.raises(ConfigError, match="workdir: cannot write in .*Read-only"):
+    loop.train(tiny_train_config(num_steps=2), str(tmp_path))
+  assert not (tmp_path / "run_spec.json").exists()

@@ -282,6 +282,17 @@ def test_feature_layers_outside_the_teacher_are_named_before_loading(tmp_path):
     spec.check_model(checkpoints.read_config(tmp_path / "target").model)
 
 
+def test_feature_layers_naming_one_layer_twice_are_named_before_loading(tmp_path):
+  checkpoints.save_hf(create_model(CONFIG), tmp_path / "target")  # 2 layers: 1 and -1 coincide
+  config = tiny_train_config()
+  config.model.init = str(tmp_path / "target")
+  config.drafter.feature_layers = (1, -1)
+  spec = TrainSpec.from_config(config)
+  with pytest.raises(ConfigError, match=r"config.drafter.feature_layers: \[1, -1\] names a "
+                     r"layer twice .* \[1, 1\]"):
+    spec.check_model(checkpoints.read_config(tmp_path / "target").model)
+
+
 def test_an_autoregressive_peer_narrower_than_its_teacher_is_named_before_loading(tmp_path):
   checkpoints.save_hf(create_model(CONFIG), tmp_path / "target")
   config = tiny_train_config()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
+import tempfile
 from typing import Any
 
 import jax
@@ -134,6 +135,10 @@ def make_workdir(workdir: str) -> pathlib.Path:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"workdir: cannot create {path}: {e.strerror or e}") from e
+  try:  # a finished run resumed with more steps writes checkpoints and metrics
+    tempfile.TemporaryFile(dir=path).close()
+  except OSError as e:
+    raise ConfigError(f"workdir: cannot write in {path}: {e.strerror or e}") from e
   return path
 
 
@@ -162,15 +167,18 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   spec = config if isinstance(config, TrainSpec) else TrainSpec.from_config(config)
-  workdir = make_workdir(workdir)
   initialize_distributed(spec)
+  try:  # before any file is written
+    mesh = sharding_lib.make_mesh(spec.mesh_shape)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh.shape: {e}") from None
+  spec.check_mesh(mesh)
+  workdir = make_workdir(workdir)
   run = spec.train
   manager = checkpointing.checkpoint_manager(workdir, run.max_checkpoints)
   start = manager.latest_step()
   checkpointing.claim_workdir(workdir, spec.run_defining(), start)
   start = start or 0
-  mesh = sharding_lib.make_mesh(spec.mesh_shape)
-  spec.check_mesh(mesh)
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)
   rows = load_rows(spec, tokenizer)
   heldout_rows = None

@@ -181,6 +181,10 @@ class TrainSpec:
               "drafter.feature_layers", f"{list(self.drafter.feature_layers)} must be layer "
               f"indices of the teacher {self.loss.teacher} ({teacher} layers; negative ones "
               "count from the end)")
+      resolved = [i % teacher for i in self.drafter.feature_layers]
+      require(len(set(resolved)) == len(resolved), "drafter.feature_layers",
+              f"{list(self.drafter.feature_layers)} names a layer twice in the teacher's "
+              f"{teacher} layers (as indices: {resolved})")
       if self.drafter.method == kinds.AutoregressiveDrafter.method:
         require(model_config.hidden_size == teacher_model.hidden_size, "drafter.method",
                 f"sd with features feeds the drafter's own hidden state where the teacher's "
