@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from pard_jax import checkpoints, data, layout, sharding
 from pard_jax import drafter_kinds as kinds
+from pard_jax.checkpoints import assets
 from pard_jax.errors import ConfigError
 from pard_jax.train import checkpointing, loop
 from pard_jax.train import step as step_lib
@@ -280,6 +281,19 @@ def test_feature_layers_outside_the_teacher_are_named_before_loading(tmp_path):
   with pytest.raises(ConfigError, match=r"config.drafter.feature_layers: \[0, 2\] must be "
                      r"layer indices of the teacher"):
     spec.check_model(checkpoints.read_config(tmp_path / "target").model)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("settings", [dict(kl_weight=1.0), dict(cat_weighting=True)])
+def test_a_teacher_of_another_tokenizer_is_refused_before_loading(settings, tmp_path,
+                                                                   no_model_loading):
+  checkpoints.save_hf(create_model(CONFIG), tmp_path / "drafter")  # the tiny tokenizer's
+  config = tiny_train_config(num_steps=2)
+  config.model.init = str(tmp_path / "drafter")
+  config.loss.update(dict(teacher=assets.SMOLLM2_GGUF, **settings))
+  with pytest.raises(ConfigError, match=r"config.loss.teacher: .*SmolLM2.*tokenizer is not the "
+                     r"drafter's"):
+    loop.train(config, str(tmp_path / "run"))
 
 
 def test_feature_layers_naming_one_layer_twice_are_named_before_loading(tmp_path):

@@ -22,3 +22,10 @@ def load_tokenizer(path: str | os.PathLike):
   if path.suffix == ".gguf":
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
   return AutoTokenizer.from_pretrained(path)
+
+
+def same_vocabulary(first, second) -> bool:
+  """The one rule for two models to exchange token ids (a drafter and its target, a drafter and
+  its teacher): both tokenizers known and mapping every token to the same id. Their embedding
+  tables may still be padded to different sizes."""
+  return first is not None and second is not None and first.get_vocab() == second.get_vocab()

@@ -22,6 +22,7 @@ from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
 from pard_jax.eval import peers as peers_lib
+from pard_jax.checkpoints.tokenizer import same_vocabulary
 from pard_jax.eval import prompts as prompts_lib
 from pard_jax.eval import report as report_lib
 from pard_jax.eval.spec import EvalSpec
@@ -41,8 +42,7 @@ def shared_vocab_size(target_hf: dict[str, Any], drafter_hf: dict[str, Any], tar
   if target_hf["vocab_size"] == drafter_hf["vocab_size"]:
     return 0
   drafter_tokenizer = _load_tokenizer(drafter_path)
-  if (target_tokenizer is None or drafter_tokenizer is None
-      or target_tokenizer.get_vocab() != drafter_tokenizer.get_vocab()):
+  if not same_vocabulary(target_tokenizer, drafter_tokenizer):
     raise DecodeError(
         f"target and drafter vocabularies differ (target {target_hf['vocab_size']} rows, "
         f"drafter {drafter_hf['vocab_size']}) and their tokenizers are missing or not the same: "

@@ -23,6 +23,7 @@ from pard_jax import drafter_kinds as kinds
 from pard_jax import layout as layout_lib
 from pard_jax.checkpoints import assets
 from pard_jax.checkpoints.config_json import read_config
+from pard_jax.checkpoints.tokenizer import load_tokenizer, same_vocabulary
 from pard_jax.config import DTYPES, ModelConfig
 from pard_jax.errors import ConfigError, require
 from pard_jax.train import defaults
@@ -174,6 +175,11 @@ class TrainSpec:
     require(all(0 <= i < layers for i in self.model.identity_layers), "model.identity_layers",
             f"{list(self.model.identity_layers)} must be layer indices in [0, {layers}) of the "
             "drafter as cut")
+    if self.loss.teacher is not None and self.loss.teacher != self.model.init:
+      require(same_vocabulary(load_tokenizer(self.tokenizer), load_tokenizer(self.loss.teacher)),
+              "loss.teacher", f"{self.loss.teacher}'s tokenizer is not the drafter's "
+              f"({self.tokenizer}): KL, CAT and features compare the two token by token, so a "
+              "teacher must share the drafter's tokenizer (its table may be padded)")
     if self.drafter.feature_layers:
       teacher_model = read_config(self.loss.teacher).model
       teacher = teacher_model.num_layers
