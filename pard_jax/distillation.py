@@ -26,7 +26,7 @@ from typing import Any
 from absl import logging
 from tqdm import tqdm
 
-from pard_jax import checkpoints, prompting
+from pard_jax import checkpoints, files, prompting
 from pard_jax.checkpoints import assets
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, require, require_writable
@@ -63,12 +63,20 @@ def _evaluation_texts() -> set[str]:
 
 def settings(c, target_path: pathlib.Path) -> dict[str, Any]:
   """What the answers depend on, portably: a rerun must match it to append."""
-  source = (c.source if c.source in prompts_lib.TRAINING_PROMPT_SETS
-            else assets.portable(pathlib.Path(c.source).expanduser()))
-  return dict(target=assets.portable(target_path), source=source,
-              max_prompt_tokens=c.max_prompt_tokens, max_new_tokens=c.max_new_tokens,
-              temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed,
-              dtype=c.dtype)
+  named = c.source in prompts_lib.TRAINING_PROMPT_SETS
+  path = pathlib.Path(c.source).expanduser()
+  out = dict(target=assets.portable(target_path),
+             source=c.source if named else assets.portable(path),
+             max_prompt_tokens=c.max_prompt_tokens, max_new_tokens=c.max_new_tokens,
+             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed,
+             dtype=c.dtype)
+  if not named and path.is_file():
+    # Answers are keyed by `file:line`: an edited file would point them at other prompts.
+    out[SOURCE_SHA256] = files.sha256(path)
+  return out
+
+
+SOURCE_SHA256 = "source_sha256"  # absent from records written before it was kept
 
 
 def _settings_record(output: pathlib.Path) -> pathlib.Path:
@@ -89,11 +97,14 @@ def check_settings(output: pathlib.Path, current: dict[str, Any]) -> None:
   except json.JSONDecodeError as e:
     raise DataError(f"{record}:{e.lineno}: not valid JSON ({e.msg})") from e
   changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in current.items()
-             if stored.get(k) != v]
+             if stored.get(k) != v and (k in stored or k != SOURCE_SHA256)]
   if changed:
+    edited = (" (the prompts file was edited since: its answers are keyed by file:line)"
+              if any(c.startswith(SOURCE_SHA256) for c in changed) else "")
     raise ConfigError(
         f"config.output: {output} holds answers made with other settings "
-        f"({'; '.join(changed)}); use a new output or the same settings")
+        f"({'; '.join(changed)}){edited}; use a new output (--config.output=...) or the same "
+        "settings")
 
 
 def _record_settings(output: pathlib.Path, current: dict[str, Any]) -> None:

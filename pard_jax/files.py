@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import os
 import pathlib
 import socket
@@ -60,3 +62,19 @@ def locked(directory: pathlib.Path, field: str, job: str, other: str) -> Iterato
   finally:
     os.unlink(path)
     os.close(fd)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+  del size, mtime_ns  # the cache key: a rewritten file is hashed again
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def sha256(path: pathlib.Path) -> str:
+  """The file's sha256 (cached per size and modification time)."""
+  stat = path.stat()
+  return _sha256(str(path), stat.st_size, stat.st_mtime_ns)

@@ -84,3 +84,14 @@ def test_bad_values_fail_before_loading(config, tmp_path):
   config.source, config.output = "sharegpt", ""
   with pytest.raises(ConfigError, match="config.output: is required"):
     distillation.run(config)
+
+
+def test_a_rerun_after_the_prompts_file_was_edited_is_refused(config, tmp_path):
+  """Answers are keyed by `file:line`: prepending prompts would leave some unanswered, others
+  answered twice and ids pointing at other prompts."""
+  distillation.run(config)
+  source = tmp_path / "prompts.jsonl"
+  source.write_text(json.dumps({"prompt": "Name a color."}) + "\n" + source.read_text())
+  with pytest.raises(ConfigError, match=r"config.output: .* other settings \(source_sha256: "
+                     r".*prompts file was edited.*--config.output="):
+    distillation.run(config)

@@ -276,3 +276,24 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
                        r"\(pid \d+"):
       loop.train(tiny_train_config(num_steps=2), str(tmp_path))
   assert not (tmp_path / "run_spec.json").exists()
+
+
+def test_resuming_after_the_training_data_changed_names_the_file(tmp_path):
+  source = tmp_path / "chat.jsonl"
+  shutil.copy(ROOT / "data/tiny_chat.jsonl", source)
+  config = tiny_train_config(num_steps=4, checkpoint_every=2)
+  config.data.source = str(source)
+  loop.train(config, str(tmp_path / "w"))
+  lines = source.read_text().splitlines(keepends=True)
+  source.write_text("".join(lines[10:] + lines[:10]))  # the same records, another order
+  longer = with_overrides(config, {"train.num_steps": 6})
+  with pytest.raises(ConfigError, match=r"config.data.source: the training data changed .*"
+                     r"chat.jsonl: sha256 \w{12} in the run, \w{12} now"):
+    loop.train(longer, str(tmp_path / "w"))
+  assert saved_steps(tmp_path / "w") == [2, 4]
+  loop.train(with_overrides(longer, {"data.resume_on_new_data": True}), str(tmp_path / "w"))
+  assert saved_steps(tmp_path / "w")[-1] == 6
+  # The new data is recorded: a later resume needs no flag.
+  loop.train(with_overrides(longer, {"train.num_steps": 8, "data.resume_on_new_data": False}),
+             str(tmp_path / "w"))
+  assert saved_steps(tmp_path / "w")[-1] == 8

@@ -15,13 +15,13 @@ one is `export.save_delta`. No jax: `config_json` parses the field through this 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import pathlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pard_jax import files as files_lib
 from pard_jax.checkpoints import assets
 from pard_jax.errors import CheckpointError
 
@@ -35,16 +35,6 @@ Fetch = Callable[[str], np.ndarray]
 _WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin")
 
 
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-  del size, mtime_ns  # the cache key: a rewritten file is hashed again
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 22):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def fingerprint(base: pathlib.Path) -> str:
   """sha256 of a base checkpoint's weights: the file, or a directory's weight files in order
   ("" for a directory without any: its reader names what is missing)."""
@@ -52,7 +42,7 @@ def fingerprint(base: pathlib.Path) -> str:
       p for p in base.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
   if not files:
     return ""
-  hashes = [_sha256(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+  hashes = [files_lib.sha256(p) for p in files]
   return hashes[0] if base.is_file() else hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 

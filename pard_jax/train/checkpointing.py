@@ -50,12 +50,18 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state_sharding
   return restored["state"], int(restored["data"]["position"])
 
 
-def claim_workdir(workdir: pathlib.Path, settings: dict[str, Any], resume_step: int | None
+SOURCES = "data.source_sha256"  # run_spec.json: sha256 of every data file, by name
+
+
+def claim_workdir(workdir: pathlib.Path, settings: dict[str, Any], resume_step: int | None,
+                  sources: dict[str, str] | None = None, resume_on_new_data: bool = False
                   ) -> None:
-  """Starting afresh, records the run's settings (`TrainSpec.run_defining`) as
-  `workdir/run_spec.json`; resuming from checkpoint `resume_step`, refuses settings that differ
-  from those recorded, listing each."""
+  """Starting afresh, records the run's settings (`TrainSpec.run_defining`) and its data
+  files' sha256 (`sources`) as `workdir/run_spec.json`; resuming from checkpoint
+  `resume_step`, refuses settings that differ from those recorded, listing each, and changed
+  data files unless `resume_on_new_data` (which records the new ones)."""
   path = workdir / RUN_SPEC
+  settings = dict(settings, **({SOURCES: sources} if sources is not None else {}))
   if resume_step is None:
     if jax.process_index() == 0:
       write_atomically(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
@@ -69,8 +75,14 @@ def claim_workdir(workdir: pathlib.Path, settings: dict[str, Any], resume_step: 
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path}: not valid JSON ({e}); restore it or use a fresh workdir") \
         from e
+  _check_sources(path, stored.get(SOURCES), settings.get(SOURCES), resume_on_new_data)
+  if resume_on_new_data and SOURCES in settings and stored.get(SOURCES) != settings[SOURCES]:
+    if jax.process_index() == 0:
+      write_atomically(path, json.dumps(dict(stored, **{SOURCES: settings[SOURCES]}), indent=1,
+                                        sort_keys=True) + "\n")
   # Settings added or dropped since the workdir was written cannot be compared.
-  differing = sorted(k for k in stored.keys() & settings.keys() if stored[k] != settings[k])
+  differing = sorted(k for k in stored.keys() & settings.keys()
+                     if k != SOURCES and stored[k] != settings[k])
   if differing:
     changes = "; ".join(f"{k}: {json.dumps(stored[k])} in the workdir, {json.dumps(settings[k])}"
                         f" now" for k in differing)
@@ -103,3 +115,25 @@ def set_aside(manager: ocp.CheckpointManager, step: int, directory: pathlib.Path
       shutil.rmtree(target)
     (pathlib.Path(manager.directory) / str(step)).rename(target)
   return target
+
+
+def _check_sources(path: pathlib.Path, stored: dict[str, str] | None,
+                   current: dict[str, str] | None, resume_on_new_data: bool) -> None:
+  if stored is None or current is None or stored == current:
+    return  # a workdir written before sources were recorded cannot be compared
+  changed = sorted(name for name in stored.keys() | current.keys()
+                   if stored.get(name) != current.get(name))
+  if resume_on_new_data:
+    logging.warning("resuming on changed data (data.resume_on_new_data): %s", ", ".join(changed))
+    return
+  def change(name):
+    if name not in stored:
+      return "not in the run"
+    if name not in current:
+      return "gone"
+    return f"sha256 {stored[name][:12]} in the run, {current[name][:12]} now"
+  what = "; ".join(f"{name}: {change(name)}" for name in changed)
+  raise ConfigError(f"config.data.source: the training data changed since the run started "
+                    f"({what}; {path}): its data position would index other rows. Restore the "
+                    f"files, start a fresh workdir, or set --config.data.resume_on_new_data=true "
+                    f"to continue on the new data")

@@ -53,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
       assistant_only_loss=True,
       length=512,  # packed row length L (real tokens per row)
       seed=0,  # packing order and per-epoch shuffles
+      # A run records its sources' sha256 and refuses to resume over changed files (its data
+      # position would index other rows); True resumes on the new data, recording it.
+      resume_on_new_data=False,
   ))
   c.drafter = ml_collections.ConfigDict(dict(
       # "pard": one shared mask token; "parallelspec": K-1 distinct ones.

@@ -188,7 +188,8 @@ def _train(spec: TrainSpec, workdir: pathlib.Path, mesh: Mesh) -> list[dict[str,
   start = manager.latest_step()
   if start is None:  # a fresh run: before run_spec.json is written
     spec.check_mesh(mesh)
-  checkpointing.claim_workdir(workdir, spec.run_defining(), start)
+  checkpointing.claim_workdir(workdir, spec.run_defining(), start, spec.data.source_hashes(),
+                              spec.data.resume_on_new_data)
   spec.check_mesh(mesh)  # a resume: once its settings are compared with the workdir's
   start = start or 0
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)

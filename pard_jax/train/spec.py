@@ -19,6 +19,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from pard_jax import data as data_lib
+from pard_jax import files
 from pard_jax import drafter_kinds as kinds
 from pard_jax import layout as layout_lib
 from pard_jax.checkpoints import assets
@@ -54,6 +55,13 @@ class DataSpec:
   assistant_only_loss: bool
   length: int
   seed: int
+  resume_on_new_data: bool
+
+  def source_hashes(self) -> dict[str, str]:
+    """sha256 of every local file the sources read, by portable name (`checkpointing`)."""
+    return {assets.portable(path): files.sha256(path)
+            for source in data_lib.split_sources(self.source)
+            for path in data_lib.source_files(source)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +242,10 @@ class TrainSpec:
 # Settings that may change when a run resumes (see `TrainSpec.run_defining`); total_steps is
 # derived from num_steps or num_epochs.
 RESUMABLE = frozenset(
-    f"train.{name}" for name in ("num_epochs", "num_steps", "total_steps", "log_every",
-                                 "checkpoint_every", "max_checkpoints", "learning_rate",
-                                 "schedule", "warmup_steps", "max_grad_norm"))
+    [f"train.{name}" for name in ("num_epochs", "num_steps", "total_steps", "log_every",
+                                  "checkpoint_every", "max_checkpoints", "learning_rate",
+                                  "schedule", "warmup_steps", "max_grad_norm")]
+    + ["data.resume_on_new_data"])
 
 
 def _flat(prefix: str, value) -> dict[str, Any]:
@@ -328,7 +337,8 @@ def _data(d) -> DataSpec:
     require(tfds_data_dir.is_dir(), "data.tfds_data_dir",
             f"{d.tfds_data_dir!r} is not a directory (where tfds:NAME is prepared)")
   return DataSpec(source=d.source, split=d.split, tfds_data_dir=tfds_data_dir,
-                  assistant_only_loss=bool(d.assistant_only_loss), length=d.length, seed=d.seed)
+                  assistant_only_loss=bool(d.assistant_only_loss), length=d.length, seed=d.seed,
+                  resume_on_new_data=bool(d.resume_on_new_data))
 
 
 def _heldout(h, training_source: str) -> HeldoutSpec:
