@@ -233,10 +233,11 @@ def from_hf(hf: dict[str, Any]) -> DrafterKind | None:
   elif spd_type == "sd" and features:
     declared = AutoregressiveDrafter(features)
   if spd_type is not None and (declared is None or spd_type != declared.method):
+    found = (f"but its fields declare {declared.method}" if declared else
+             "but none of those fields is there")
     raise CheckpointError(
-        f"config.json: spd_type {spd_type!r} does not match its fields (pard: 'pard_token'; "
-        f"parallelspec: 'parallelspec_tokens'; sd: 'target_feature_layers'), got "
-        f"{_declares(declared)}")
+        f"config.json: spd_type {spd_type!r} needs its field (pard: 'pard_token'; "
+        f"parallelspec: 'parallelspec_tokens'; sd: 'target_feature_layers'), {found}")
   if features and declared is None:
     raise CheckpointError("config.json: target_feature_layers needs an spd_type (sd, pard or "
                           "parallelspec) to say how the feature drafter drafts")

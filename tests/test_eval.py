@@ -186,6 +186,8 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
      "config.method: unknown method 'bogus'; choose from ar, sd, pard, parallelspec"),
     (dict(method="sd", drafter=""), r"config.drafter: method\(s\) \['sd'\] need a drafter"),
     (dict(method="sd", sd_drafter="/no/such"), "config.sd_drafter: /no/such does not exist"),
+    (dict(method="ar,pard", sd_drafter="/no/such"), "config.sd_drafter: /no/such does not "
+     "exist .*set it to \"\" when unused"),
     (dict(num_draft_tokens=(0,)), r"config.num_draft_tokens: must be integers in \[1, 64\]"),
     (dict(temperature=-1.0), "config.temperature: must be >= 0"),
     (dict(top_p=0.0), r"config.top_p: must be in \(0, 1\]"),

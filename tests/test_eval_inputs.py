@@ -335,3 +335,12 @@ def test_a_damaged_report_dir_fails_before_loading(tiny, tmp_path, monkeypatch, 
   with pytest.raises(DataError, match=message):
     job.run(_config(tiny, method="ar,sd", num_draft_tokens=(2, 3), report_dir=str(report_dir)))
 
+
+
+@pytest.mark.parametrize("name", ["a=b", "x,y", "label=p,q"])
+def test_one_existing_drafter_path_is_taken_as_it_is(tiny, tmp_path, name, no_model_loading):
+  """A path holding `=` or `,` is one drafter when it exists (not LABEL=PATH entries)."""
+  path = tmp_path / name
+  shutil.copytree(tiny / "P", path)
+  spec = EvalSpec.from_config(_config(tiny, drafter=str(path), method="ar,pard"))
+  assert spec.drafters == (("", path),)

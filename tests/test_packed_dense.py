@@ -127,3 +127,11 @@ def test_a_failing_compiler_is_named_with_its_message(tmp_path, monkeypatch):
   with pytest.raises(OSError, match=r"broken-c\+\+ failed on packed_dense.cc: fatal: no headers"):
     library._build(str(failing))
   assert not list((tmp_path / "pard_jax").glob("*.so"))  # nothing half-built is left to load
+
+
+def test_auto_falling_back_to_xla_says_why(monkeypatch, caplog):
+  monkeypatch.setattr(packed_dense, "unavailable_reason", lambda dtype: "no C++ compiler found")
+  with caplog.at_level("WARNING"):
+    assert packed_dense.resolve(DenseKernel.AUTO, "float32") is DenseKernel.XLA
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 1 and "no C++ compiler found" in lines[0] and "XLA" in lines[0], lines

@@ -219,6 +219,10 @@ def test_gradient_accumulation_matches_full_batch():
     ("train.trainable", "heads", "config.train.trainable: unknown value 'heads'"),
     ("model.keep_layers", (0, 1), "config.model.keep_layers: cuts the layers of model.init"),
     ("model.identity_layers", (1, 1), "config.model.identity_layers: must be distinct"),
+    ("model.identity_layers", (0,), r"config.model.identity_layers: \[0\]: each must be the "
+     r"later copy .* it zeroes a trained layer"),
+    ("drafter.feature_dropout", 0.1, "config.drafter.feature_dropout: .* only a drafter with "
+     "drafter.feature_layers reads"),
     ("train.grad_accum_steps", 3, "config.train.grad_accum_steps"),
     ("train.learning_rate", 0.0, "config.train.learning_rate"),
     ("model.dtype", "int8", "config.model.dtype"),

@@ -42,6 +42,8 @@ DRAFTER_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 def _drafters(value) -> tuple[tuple[str, pathlib.Path], ...]:
   """`drafter`: one path, or comma-separated `LABEL=PATH` entries (several drafters, each
   run by every method but `ar` and `sd`); `(label, path)` each, label "" for one plain path."""
+  if value and pathlib.Path(str(value)).expanduser().exists():  # one path, even with = or ,
+    return (("", assets.resolve_setting(str(value), "drafter")),)
   entries = _names(value, "drafter")
   if len(entries) <= 1 and "=" not in "".join(entries):
     return (("", assets.resolve_setting("".join(entries), "drafter")),)
@@ -244,7 +246,10 @@ class EvalSpec:
     require(target.exists(), "target", f"{target} does not exist (a HF directory or .gguf)")
     drafters = _drafters(c.drafter)
     drafter = drafters[0][1]
-    sd_drafter = assets.resolve_setting(c.sd_drafter, "sd_drafter") or drafter
+    sd_drafter = assets.resolve_setting(c.sd_drafter, "sd_drafter")
+    require(sd_drafter is None or sd_drafter.exists(), "sd_drafter",
+            f"{sd_drafter} does not exist (used by method sd; set it to \"\" when unused)")
+    sd_drafter = sd_drafter or drafter
     drafted = [m for m in methods if m not in ("ar", "sd")]
     for field, paths, needs in (("sd_drafter", [sd_drafter], [m for m in methods if m == "sd"]),
                                 ("drafter", [p for _, p in drafters], drafted)):

@@ -16,6 +16,7 @@ import enum
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from pard_jax.errors import require
@@ -54,6 +55,11 @@ def resolve(kernel: DenseKernel, dtype: str, field: str = "dense_kernel") -> Den
   reason = unavailable_reason(dtype)
   require(kernel is not DenseKernel.PACKED or not reason, field,
           f"'packed' cannot run here: {reason}; use 'auto' or 'xla'")
+  if reason and dtype == "float32":  # bfloat16 picks XLA by design: nothing to say
+    logging.warning("%s=auto uses XLA's dot: the packed kernel cannot run here (%s). On a CPU "
+                    "a K+1-token verify then costs well above a 1-token forward, so "
+                    "speculation gains less (benchmarks/dense_bench.py measures both)", field,
+                    reason)
   return DenseKernel.XLA if reason else DenseKernel.PACKED
 
 

@@ -291,6 +291,14 @@ def _model(m) -> ModelSpec:
   require(all(_is_int(i) for i in identity_layers)
           and len(set(identity_layers)) == len(identity_layers), "model.identity_layers",
           f"must be distinct layer indices, got {identity_layers}")
+  # Zeroing a layer's output is meant for a copy grown beside its original: on any other layer
+  # it throws that layer's training away.
+  originals = [i for i in identity_layers if not keep_layers or (  # the cut checks the range
+      0 <= i < len(keep_layers) and keep_layers.index(keep_layers[i]) == i)]
+  require(not originals, "model.identity_layers",
+          f"{list(identity_layers)}: each must be the later copy of a layer model.keep_layers "
+          f"repeats (e.g. keep_layers=(0, 0) with identity_layers=(1,)), got keep_layers="
+          f"{keep_layers}; otherwise it zeroes a trained layer")
   arch = None
   if init is not None:
     require(init.exists(), "model.init",
@@ -363,6 +371,9 @@ def _drafter(d, length: int) -> DrafterSpec:
           "drafter.feature_layers", f"must be distinct layer indices, got {layers!r}")
   require(0 <= d.feature_dropout < 1, "drafter.feature_dropout",
           f"must be in [0, 1), got {d.feature_dropout}")
+  require(not d.feature_dropout or layers, "drafter.feature_dropout",
+          f"({d.feature_dropout}) drops the target's features, which only a drafter with "
+          "drafter.feature_layers reads")
   trained = kinds.TRAINED_KINDS + ((kinds.AutoregressiveDrafter.method,) if layers else ())
   require(d.method in trained, "drafter.method",
           f"unknown method {d.method!r}; choose from {', '.join(kinds.TRAINED_KINDS)} (and sd "
