@@ -358,6 +358,17 @@ def test_a_delta_without_tokenizer_files_has_its_bases_tokenizer(tmp_path):
   assert checkpoints.load_tokenizer(tmp_path / "delta").get_vocab() == expected
 
 
+def test_delta_over_a_replaced_base_is_refused_naming_both(tmp_path):
+  save_hf_model("llama3", tmp_path / "base")
+  drafter = checkpoints.load_model(tmp_path / "base")
+  drafter.norm.weight[...] = drafter.norm.weight[...] + 1
+  checkpoints.save_delta(drafter, tmp_path / "delta", tmp_path / "base")
+  save_hf_model("llama3", tmp_path / "base", seed=1)  # the same shapes, other weights
+  with pytest.raises(checkpoints.CheckpointError, match=r"delta over '.*base' with sha256 \w+, "
+                     r"but .*base has sha256 \w+: another base"):
+    checkpoints.load_model(tmp_path / "delta")
+
+
 def test_delta_with_a_missing_base_names_it(tmp_path):
   save_hf_model("llama3", tmp_path / "base")
   drafter = checkpoints.load_model(tmp_path / "base")

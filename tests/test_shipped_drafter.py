@@ -68,3 +68,11 @@ def test_shipped_qwen_drafter_is_an_adapter_delta_over_the_installed_base():
   stored = checkpoints.read_safetensors(QWEN / "model.safetensors")
   assert sum(name.endswith(":lora_up") for name in stored) == 24 * 7
   assert stored["model.embed_tokens.weight:row_ids"].tolist() == [151665]
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("path", [SHIPPED, FEATURE, FEATURE_KL], ids=lambda p: p.name)
+def test_shipped_smollm2_deltas_record_their_base(path):
+  from pard_jax.checkpoints import delta
+  declared = checkpoints.read_config(path).delta
+  assert declared.base_sha256 == delta.fingerprint(checkpoints.smollm2_gguf_path())
