@@ -29,7 +29,8 @@ from flax import nnx  # noqa: E402
 
 from benchmarks.drafter_flags import labelled_drafters  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
-from pard_jax import checkpoints, drafting, sampling  # noqa: E402
+from pard_jax import checkpoints, drafting, packed_dense, sampling  # noqa: E402
+from pard_jax.checkpoints import assets  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.errors import ConfigError  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
@@ -44,6 +45,11 @@ _POSITION = flags.DEFINE_integer("position", 200, "committed tokens before the i
 _CACHE = flags.DEFINE_integer("cache_len", 512, "KV cache slots (as the decode job's)")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per measurement")
 _OUT = flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results"), "results folder")
+_TARGET = flags.DEFINE_string("target", "", "also time this target's verify forward over K+1 "
+                              "tokens (a checkpoint, or an asset:/package: reference)")
+_DENSE = flags.DEFINE_enum("dense_kernel", "xla", ["auto", "xla", "packed"],
+                           "dense layers, as decode.py's dense_kernel")
+_STEM = flags.DEFINE_string("stem", "", "results file name (default draft_cost_<device>)")
 
 
 def draft_ms(model, kind, k: int, feature_size: int) -> float:
@@ -67,6 +73,21 @@ def draft_ms(model, kind, k: int, feature_size: int) -> float:
   return 1000 * best_seconds(step, *args, repeats=_REPEATS.value)
 
 
+def verify_ms(model, k: int) -> float:
+  """Best-of-repeats ms of the target's forward over K+1 tokens at `--position`, cached."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def step(state, cache, tokens_1xK1, positions_1xK1):
+    logits, cache = nnx.merge(graphdef, state)(tokens_1xK1, positions_1xK1, cache)
+    return logits, cache
+
+  positions = _POSITION.value - 1 + jnp.arange(k + 1)[None]
+  return 1000 * best_seconds(step, state, init_cache(model.config, 1, _CACHE.value),
+                             jnp.ones((1, k + 1), jnp.int32), positions,
+                             repeats=_REPEATS.value)
+
+
 def drafts_at(kind, k: int) -> bool:
   """Whether the drafter drafts K tokens (a ParallelSpec drafter has K-1 distinct masks)."""
   try:
@@ -80,6 +101,7 @@ def to_markdown(r) -> str:
   ks = r["num_draft_tokens"]
   lines = ["# Drafter cost per decoding iteration", "", f"- device: {r['device']}",
            f"- date: {r['date']}", f"- command: `{r['command']}`",
+           f"- dense layers: {r.get('dense_kernel', 'xla')}",
            f"- batch 1, greedy, {r['position']} committed tokens, cache {r['cache_len']}, "
            f"best of {r['repeats']}; the drafter's forwards only (no target forward)", "",
            "| drafter | kind | forwards per iteration | " + " | ".join(
@@ -88,28 +110,42 @@ def to_markdown(r) -> str:
     lines.append(f"| {row['label']} (`{row['path']}`) | {row['kind']} | {row['forwards']} | "
                  + " | ".join(f"{row['ms'][str(k)]:.1f}" if str(k) in row["ms"] else "-"
                               for k in ks) + " |")
+  if r.get("verify_ms"):
+    lines += ["", f"The target's verify forward (`{r['target']}`), ms: "
+              + ", ".join(f"{int(k) + 1} tokens {v:.1f}" for k, v in r["verify_ms"].items())
+              + " (1 token: an `ar` step)."]
   return "\n".join(lines + [""])
 
 
 def main(argv):
   del argv
   ks = [int(k) for k in _KS.value]
-  drafters = labelled_drafters(_DRAFTERS.value)
+  drafters = labelled_drafters(_DRAFTERS.value, plain_ok=True)
+  dense = packed_dense.resolve(packed_dense.DenseKernel.parse(_DENSE.value), "float32")
   rows = []
   for label, path in drafters:
-    kind = checkpoints.read_config(path).drafter
-    model = checkpoints.load_model(path, dtype="float32")
+    # A plain AR model drafts as `sd` does: K one-token forwards after the catch-up.
+    kind = checkpoints.read_config(path).drafter or kinds.AutoregressiveDrafter()
+    model = packed_dense.prepare(checkpoints.load_model(path, dtype="float32"), dense)
     ms = {str(k): draft_ms(model, kind, k, model.config.feature_size) for k in ks
           if drafts_at(kind, k)}
     forwards = "K" if isinstance(kind, kinds.AutoregressiveDrafter) else "1"
-    rows.append(dict(label=label, path=path, kind=kind.method, forwards=forwards, ms=ms))
+    rows.append(dict(label=label, path=assets.portable(path), kind=kind.method,
+                     forwards=forwards, ms=ms))
     print(f"{label}: " + ", ".join(f"K={k} {v:.1f} ms" for k, v in ms.items()))
+  verify = {}
+  if _TARGET.value:
+    target = packed_dense.prepare(checkpoints.load_model(assets.resolve(_TARGET.value),
+                                                         dtype="float32"), dense)
+    verify = {str(k): verify_ms(target, k) for k in [0] + ks}
+    print("target: " + ", ".join(f"{int(k) + 1} tokens {v:.1f} ms" for k, v in verify.items()))
   env = environment()
   results = dict(device=env["device"], date=env["date"], command=env["command"],
                  position=_POSITION.value, cache_len=_CACHE.value, repeats=_REPEATS.value,
-                 num_draft_tokens=ks, drafters=rows)
-  write_results(_OUT.value, f"draft_cost_{device_slug(results['device'])}", results,
-                to_markdown(results))
+                 dense_kernel=dense.value, num_draft_tokens=ks, drafters=rows,
+                 target=_TARGET.value, verify_ms=verify)
+  write_results(_OUT.value, _STEM.value or f"draft_cost_{device_slug(results['device'])}",
+                results, to_markdown(results))
 
 
 if __name__ == "__main__":

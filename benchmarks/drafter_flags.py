@@ -7,15 +7,23 @@ import pathlib
 from absl import app
 
 from pard_jax import checkpoints
+from pard_jax.checkpoints import assets
+from pard_jax.errors import CheckpointError
 
 
-def labelled_drafters(items: list[str]) -> list[tuple[str, str]]:
-  """`(label, path)` of each `LABEL=PATH`, every one checked before any model loads: a
-  directory whose config.json declares a drafter kind."""
-  drafters = [item.partition("=")[::2] for item in items]
-  for label, path in drafters:
+def labelled_drafters(items: list[str], plain_ok: bool = False) -> list[tuple[str, str]]:
+  """`(label, path)` of each `LABEL=PATH` (`asset:` and `package:` references resolved), every
+  one checked before any model loads: a checkpoint whose config.json declares a drafter kind
+  (or, with `plain_ok`, a plain AR model: an `sd` drafter)."""
+  drafters = []
+  for label, path in (item.partition("=")[::2] for item in items):
+    try:
+      path = str(assets.resolve(path))
+    except CheckpointError as e:
+      raise app.UsageError(f"--drafters: {e}") from None
     if not label or not pathlib.Path(path).exists():
-      raise app.UsageError(f"--drafters: {label}={path} is not LABEL=PATH of a directory")
-    if checkpoints.read_config(path).drafter is None:
+      raise app.UsageError(f"--drafters: {label}={path} is not LABEL=PATH of a checkpoint")
+    if checkpoints.read_config(path).drafter is None and not plain_ok:
       raise app.UsageError(f"--drafters: {path} declares no drafter kind")
+    drafters.append((label, path))
   return drafters
