@@ -494,18 +494,3 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   manager = checkpointing.checkpoint_manager(tmp_path, config.train.max_checkpoints)
   assert manager.latest_step() is not None and manager.latest_step() < bad_step
   assert not (tmp_path / "hf").exists()
-
-
-def test_renamed_pard_keys_still_work_for_one_release_and_say_so(caplog):
-  config = tiny_train_config()
-  config.pard.update(dict(num_depths=3, mask_token=7, r_min=0.5))
-  with caplog.at_level("WARNING"):
-    spec = TrainSpec.from_config(config)
-  assert (spec.drafter.num_draft_tokens, spec.drafter.mask_token_ids, spec.drafter.r_min) == \
-      (3, (7,), 0.5)
-  assert "config.pard.num_depths was renamed config.drafter.num_draft_tokens" in caplog.text
-  assert "config.pard.mask_token was renamed config.drafter.mask_token_ids" in caplog.text
-  config = tiny_train_config()
-  config.pard.update(dict(drafter="parallelspec", mask_tokens=(5, 6, 7)))
-  spec = TrainSpec.from_config(config)
-  assert spec.drafter.method == "parallelspec" and spec.drafter.mask_token_ids == (5, 6, 7)

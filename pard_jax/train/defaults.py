@@ -2,24 +2,12 @@
 
 `configs/*.py` start from `default_config()` and override what they need; `train.spec` checks
 and types the result once. K, the drafts per forward, is `drafter.num_draft_tokens`, the name
-decode.py uses. The keys of the former `pard` section still work for one release (`RENAMED`):
-`spec` reads them into their new fields and warns.
+decode.py uses.
 """
 
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
-
-# Old key -> new key; `pard.mask_token` (one id) becomes `drafter.mask_token_ids` = (id,).
-RENAMED = {
-    "pard.num_depths": "drafter.num_draft_tokens",
-    "pard.drafter": "drafter.method",
-    "pard.mask_token": "drafter.mask_token_ids",
-    "pard.mask_tokens": "drafter.mask_token_ids",
-    "pard.r": "drafter.r",
-    "pard.r_min": "drafter.r_min",
-}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -75,11 +63,6 @@ def default_config() -> ml_collections.ConfigDict:
       # K - 1 extra passes then need their gradients too (about 2x a step).
       feedback_gradient=False,
   ))
-  # Renamed keys (RENAMED), None unless given.
-  c.pard = ml_collections.ConfigDict(dict(
-      num_depths=config_dict.placeholder(int), drafter=config_dict.placeholder(str),
-      mask_token=config_dict.placeholder(int), mask_tokens=config_dict.placeholder(tuple),
-      r=config_dict.placeholder(float), r_min=config_dict.placeholder(float)))
   c.loss = ml_collections.ConfigDict(dict(
       ce_weight=1.0,  # cross-entropy on the data
       kl_weight=0.0,  # KL(teacher || drafter) per slot (PARD-2: ce 0.1, kl 1.0)

@@ -15,7 +15,6 @@ import math
 import pathlib
 from typing import Any
 
-from absl import logging
 from jax.sharding import Mesh
 
 from pard_jax import data as data_lib
@@ -27,7 +26,6 @@ from pard_jax.checkpoints.config_json import read_config
 from pard_jax.checkpoints.tokenizer import load_tokenizer, same_vocabulary
 from pard_jax.config import DTYPES, ModelConfig
 from pard_jax.errors import ConfigError, require
-from pard_jax.train import defaults
 from pard_jax.train import step as step_lib
 
 
@@ -230,7 +228,7 @@ class TrainSpec:
   @classmethod
   def from_config(cls, config) -> TrainSpec:
     """Checks and types every value that needs nothing loaded."""
-    c = _renamed_keys_read(config)
+    c = config.copy_and_resolve_references()
     return cls(model=_model(c.model), tokenizer=_tokenizer(c), data=_data(c.data),
                drafter=_drafter(c.drafter, c.data.length),
                loss=_loss(c.loss, c.model.init, bool(tuple(c.drafter.feature_layers))),
@@ -258,22 +256,6 @@ def _flat(prefix: str, value) -> dict[str, Any]:
   if isinstance(value, pathlib.Path):
     value = str(value)
   return {prefix[:-1]: json.loads(json.dumps(value))}  # tuples as lists, as read back
-
-
-def _renamed_keys_read(config):
-  """The config with renamed keys (`defaults.RENAMED`) moved to their new fields."""
-  c = config.copy_and_resolve_references()
-  old = c.get("pard")
-  for key, new_key in defaults.RENAMED.items():
-    value = old.get(key.split(".")[1]) if old is not None else None
-    if value is None:
-      continue
-    logging.warning("config.%s was renamed config.%s; the old name goes in the next release",
-                    key, new_key)
-    section, name = new_key.split(".")
-    with c.unlocked():
-      c[section][name] = (value,) if key == "pard.mask_token" else value
-  return c
 
 
 def _model(m) -> ModelSpec:
