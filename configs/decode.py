@@ -1,15 +1,16 @@
 """Decoding / evaluation settings for decode.py.
 
-The defaults are the main job: the SmolLM2-135M-Instruct target with the two drafters trained
-here side by side, the feature drafter (`drafters/smollm2_135m_feature_kl`, reading the
-target's hidden states) and the token-only PARD-1 cut (`drafters/smollm2_135m_pard`), each as
-`pard` (K drafts per forward) against `ar`, on the first 4 prompts of each evaluation set (a
-`.jsonl` file of your own is decoded whole unless `max_prompts` is set).
+The defaults are the main job: the Qwen2.5-Coder-1.5B-Instruct target (installed by setup.sh)
+decoded greedily as `ar`, as `sd` with the untouched Qwen2.5-Coder-0.5B-Instruct drafting
+autoregressively, and as `pard` with that 0.5B adapted here into a parallel drafter
+(`drafters/qwen2_5_coder_0_5b_pard`, low-rank adapters over the installed GGUF), K = 4, on the
+first 4 prompts of each evaluation set (a `.jsonl` file of your own is decoded whole unless
+`max_prompts` is set). The SmolLM2-135M job is `configs/decode_smollm2.py`.
 
   python decode.py --config=configs/decode.py --config.method=ar,sd,pard \
       --config.num_draft_tokens=2,4,8 --config.prompts=mtbench,humaneval,gsm8k \
       --config.target=/models/Llama-3.1-8B-Instruct --config.drafter=/models/PARD-Llama-3.2-1B \
-      --config.report_dir=/tmp/eval
+      --config.sd_drafter=/models/Llama-3.2-1B-Instruct --config.report_dir=/tmp/eval
 
 The field names are a contract other tools rely on; see README.md.
 """
@@ -18,17 +19,19 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import ROOT
+from pard_jax.checkpoints import assets
 
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.target = ""  # HF directory or .gguf file; "" = the SmolLM2-135M-Instruct GGUF
+  # HF directory, .gguf file or package:/asset: reference; "" = the SmolLM2-135M-Instruct GGUF
+  config.target = assets.QWEN_CODER_TARGET
   # Same formats, or a delta directory over the target; unused for method=ar. Several as
   # LABEL=PATH,LABEL=PATH: every method but ar and sd runs once with each, side by side.
-  config.drafter = (f"feature={ROOT / 'drafters/smollm2_135m_feature_kl'},"
-                    f"cut={ROOT / 'drafters/smollm2_135m_pard'}")
-  config.sd_drafter = ""  # the AR drafter for sd and assisted generation; "" = (first) drafter
-  config.method = "ar,pard"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
+  config.drafter = str(ROOT / "drafters/qwen2_5_coder_0_5b_pard")
+  # The AR drafter for sd and assisted generation; "" = the (first) drafter.
+  config.sd_drafter = assets.QWEN_CODER_DRAFTER
+  config.method = "ar,sd,pard"  # comma-separated: ar, sd, pard, parallelspec (ar always runs)
   config.num_draft_tokens = (4,)  # K values, e.g. 2,4,8
   config.mask_token_ids = ()  # override: (id,) for pard, K-1 ids for parallelspec
   config.max_new_tokens = 64
