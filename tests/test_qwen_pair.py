@@ -61,16 +61,18 @@ def _q5_0(raw: np.ndarray) -> np.ndarray:
 @installed
 @pytest.mark.parametrize("ref", PAIR, ids=["target", "drafter"])
 def test_every_quantisation_type_loads_exactly(ref):
-  """Per type the file holds, its first tensor as our loader reads it against gguf's own
+  """Per type the file holds, its smallest tensor as our loader reads it against gguf's own
   dequantisation (and, for Q8_0 and Q5_0, the block formats written out here)."""
   import gguf
+  from pard_jax.checkpoints import config_json, gguf_io
   path = assets.resolve(ref)
-  reader = gguf.GGUFReader(path)
-  fetch = checkpoints.Checkpoint.open(path).fetch
-  hf_names = {checkpoints.hf_name(p)[0] for p in _param_paths(path)}
+  reader = gguf_io.open_gguf(path)  # parsed once: a GGUF's metadata takes seconds to read
+  config = config_json.gguf_checkpoint_config(path, reader).model
+  fetch = gguf_io.gguf_fetcher(path, reader, config)
+  hf_names = {checkpoints.hf_name(p)[0] for p in _param_paths(config)}
   by_gguf = {gguf_name(n): n for n in hf_names}
   seen = {}
-  for t in reader.tensors:
+  for t in sorted(reader.tensors, key=lambda t: int(t.n_elements)):
     kind = t.tensor_type.name
     if kind in seen or t.name not in by_gguf:
       continue
@@ -91,12 +93,12 @@ def gguf_name(hf_name: str) -> str:
   return gguf_io._gguf_name(hf_name)  # pylint: disable=protected-access
 
 
-def _param_paths(path):
+def _param_paths(config):
   import jax
   from flax import nnx
   from pard_jax.model import abstract_model
   from pard_jax.sharding import path_str
-  _, state = nnx.split(abstract_model(checkpoints.load_config(path)))
+  _, state = nnx.split(abstract_model(config))
   return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
@@ -108,10 +110,9 @@ def test_the_drafter_decodes_greedily_as_transformers_does():
   from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
   path = assets.resolve(assets.QWEN_CODER_DRAFTER)
   tokenizer = checkpoints.load_tokenizer(path)
-  prompt = tokenizer.apply_chat_template(
+  prompt = list(tokenizer.apply_chat_template(
       [{"role": "user", "content": "Write a Python function that reverses a string."}],
-      add_generation_prompt=True, tokenize=True)
-  prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+      add_generation_prompt=True, return_dict=False))
   ours = SpeculativeDecoder(checkpoints.load_model(path), None, DecodeConfig(
       max_new_tokens=24, stop_token_ids=())).generate([prompt]).output_ids[0]
   hf = transformers.AutoModelForCausalLM.from_pretrained(
