@@ -61,6 +61,9 @@ def _evaluation_texts() -> set[str]:
   return texts
 
 
+SOURCE_SHA256 = "source_sha256"  # absent from records written before it was kept
+
+
 def settings(c, target_path: pathlib.Path) -> dict[str, Any]:
   """What the answers depend on, portably: a rerun must match it to append."""
   named = c.source in prompts_lib.TRAINING_PROMPT_SETS
@@ -75,8 +78,6 @@ def settings(c, target_path: pathlib.Path) -> dict[str, Any]:
     out[SOURCE_SHA256] = files.sha256(path)
   return out
 
-
-SOURCE_SHA256 = "source_sha256"  # absent from records written before it was kept
 
 
 def _settings_record(output: pathlib.Path) -> pathlib.Path:

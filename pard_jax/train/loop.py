@@ -186,11 +186,14 @@ def _train(spec: TrainSpec, workdir: pathlib.Path, mesh: Mesh) -> list[dict[str,
   run = spec.train
   manager = checkpointing.checkpoint_manager(workdir, run.max_checkpoints)
   start = manager.latest_step()
-  if start is None:  # a fresh run: before run_spec.json is written
+  # A fresh run checks the batch against the mesh before run_spec.json is written; a resume
+  # once its settings are compared with the workdir's (other settings say more).
+  if start is None:
     spec.check_mesh(mesh)
   checkpointing.claim_workdir(workdir, spec.run_defining(), start, spec.data.source_hashes(),
                               spec.data.resume_on_new_data)
-  spec.check_mesh(mesh)  # a resume: once its settings are compared with the workdir's
+  if start is not None:
+    spec.check_mesh(mesh)
   start = start or 0
   tokenizer = checkpoints.load_tokenizer(spec.tokenizer)
   rows = load_rows(spec, tokenizer)
