@@ -64,4 +64,12 @@ def get_config():
   # None = the EOS ids of config.json, generation_config.json and the tokenizer; () = none.
   config.stop_token_ids = config_dict.placeholder(tuple)
   config.cache_len = 0  # 0 = prompt + max_new_tokens
+  # (data, fsdp, tensor) over the devices, as train.py's: weights split over tensor
+  # (Megatron-style), batch rows over data x fsdp; -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict(dict(shape=(1, 1, 1)))
+  config.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="",  # host:port of process 0; set with num_processes > 1
+      num_processes=1,
+      process_id=0,
+  ))
   return config

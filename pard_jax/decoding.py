@@ -13,6 +13,12 @@ and commits the accepted prefix plus one target token. State has fixed shapes th
 Rejected tokens are rolled back only by these lengths: the model writes each token's key and
 value at the slot of its position, so the next forward overwrites stale slots. `ar` is the same
 loop with K = 0 (verify the pending token, commit one sample), so every method shares one body.
+
+Over a device mesh (`SpeculativeDecoder(..., mesh=)`) the same loop is one SPMD program: weights
+split by `sharding.decode_rules` (Megatron-style over `tensor`), caches over key/value heads on
+`tensor`, every row-indexed array over the batch axes (`data`, `fsdp`). Each iteration ends in a
+sharding constraint on the whole state, so the carry keeps its layout and the weights are never
+gathered inside the loop.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pard_jax import drafter_kinds as kinds
-from pard_jax import drafting, sampling
+from pard_jax import drafting, sampling, sharding
 from pard_jax.errors import DecodeError
 from pard_jax.model import KVCache, Transformer, init_cache
 
@@ -173,6 +182,27 @@ class LoopState:
   verified_drafts_BxN: jax.Array  # drafts the target's forward verified per iteration
 
 
+def _state_shardings(state: LoopState, mesh: Mesh) -> LoopState:
+  """Where each part of the loop state lives on `mesh` (a pytree like `state`): caches by
+  `sharding.cache_spec`, the key replicated, everything else split by rows where they divide."""
+  def one(path, leaf):
+    field = path[0].name
+    if field == "rng":
+      spec = P()
+    elif field in ("target_cache", "drafter_cache"):
+      spec = sharding.cache_spec(leaf.shape[2], mesh)
+    else:
+      spec = P(sharding.BATCH_AXES)
+    return NamedSharding(mesh, sharding.fit(spec, leaf.shape, mesh))
+  return jax.tree_util.tree_map_with_path(one, state)
+
+
+def _constrain(state: LoopState, mesh: Mesh | None) -> LoopState:
+  if mesh is None:
+    return state
+  return jax.lax.with_sharding_constraint(state, _state_shardings(state, mesh))
+
+
 def _probs_fn(cfg: DecodeConfig):
   return functools.partial(sampling.probs_from_logits, temperature=cfg.temperature,
                            top_k=cfg.top_k, top_p=cfg.top_p)
@@ -209,7 +239,8 @@ def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
   return jnp.minimum(count_B, budget_B), hit_stop_B
 
 
-def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopState) -> LoopState:
+def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, mesh: Mesh | None,
+               s: LoopState) -> LoopState:
   k = cfg.num_drafts
   batch = s.lengths_B.shape[0]
   rng, draft_rng, verify_rng = jax.random.split(s.rng, 3)
@@ -274,13 +305,12 @@ def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, s: LoopStat
       num_accepted_B, mode="drop")
   verified_drafts_BxN = s.verified_drafts_BxN.at[jnp.arange(batch), slot_B].set(
       k if num_verified is None else num_verified, mode="drop")
-  return LoopState(tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
-                   target_cache=target_cache, drafter_cache=drafter_cache,
-                   features_BxTxC=features_BxTxC, rng=rng, done_B=done_B,
-                   num_iterations_B=s.num_iterations_B + active_B,
-                   accept_lengths_BxN=accept_lengths_BxN,
-                   accepted_drafts_BxN=accepted_drafts_BxN,
-                   verified_drafts_BxN=verified_drafts_BxN)
+  return _constrain(LoopState(
+      tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
+      target_cache=target_cache, drafter_cache=drafter_cache, features_BxTxC=features_BxTxC,
+      rng=rng, done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
+      accept_lengths_BxN=accept_lengths_BxN, accepted_drafts_BxN=accepted_drafts_BxN,
+      verified_drafts_BxN=verified_drafts_BxN), mesh)
 
 
 def _prefill(model, tokens_BxP, cache, feature_layers=(), features_BxTxC=None):
@@ -294,8 +324,8 @@ def _prefill(model, tokens_BxP, cache, feature_layers=(), features_BxTxC=None):
   return cache, features
 
 
-def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, target_params,
-                drafter_params, tokens_BxT, prompt_lengths_B, rng) -> LoopState:
+def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, mesh: Mesh | None,
+                target_params, drafter_params, tokens_BxT, prompt_lengths_B, seed) -> LoopState:
   """Prefill and generate until every row is done (jitted with `_STATIC` static)."""
   target = nnx.merge(target_def, target_params)
   drafter = nnx.merge(drafter_def, drafter_params) if drafter_def is not None else None
@@ -314,16 +344,16 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, tar
   state = LoopState(
       tokens_BxT=tokens_BxT, lengths_B=prompt_lengths_B, draft_lengths_B=prompt_lengths_B - 1,
       target_cache=target_cache, drafter_cache=drafter_cache, features_BxTxC=features_BxTxC,
-      rng=rng,
+      rng=jax.random.key(seed),
       done_B=jnp.zeros((batch,), bool), num_iterations_B=jnp.zeros((batch,), jnp.int32),
       accept_lengths_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32),
       accepted_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32),
       verified_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
-  body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B)
-  return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, state)
+  body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B, mesh)
+  return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, _constrain(state, mesh))
 
 
-_STATIC = ("cfg", "target_def", "drafter_def", "prompt_len")
+_STATIC = ("cfg", "target_def", "drafter_def", "prompt_len", "mesh")
 
 
 @dataclasses.dataclass
@@ -355,10 +385,13 @@ class DecodeResult:
 class SpeculativeDecoder:
   """Compiles and runs the decoding loop for one (target, drafter, config) triple.
 
-  Models are split once; each (batch, prompt_len) shape compiles once and is cached.
+  Models are split once; each (batch, prompt_len) shape compiles once and is cached. With
+  `mesh` (`sharding.make_mesh`), the models are placed on it by `sharding.decode_rules` (a no-op
+  for ones `checkpoints.load_model` already read into those shardings) and the loop runs over it.
   """
 
-  def __init__(self, target: Transformer, drafter: Transformer | None, cfg: DecodeConfig):
+  def __init__(self, target: Transformer, drafter: Transformer | None, cfg: DecodeConfig,
+               mesh: Mesh | None = None):
     if cfg.drafter.uses_drafter:
       if drafter is None:
         raise DecodeError(f"method {cfg.method!r} needs a drafter")
@@ -384,28 +417,45 @@ class SpeculativeDecoder:
       if not 0 <= token < target.config.vocab_size:
         raise DecodeError(f"stop token id {token} is outside the vocabulary "
                           f"[0, {target.config.vocab_size})")
-    self.cfg = cfg
-    self.target_def, self.target_params = nnx.split(target)
-    self.drafter_def, self.drafter_params = (nnx.split(drafter) if drafter is not None
+    self.cfg, self.mesh = cfg, mesh
+    self.target_def, self.target_params = _split(target, mesh)
+    self.drafter_def, self.drafter_params = (_split(drafter, mesh) if drafter is not None
                                              else (None, None))
     self.vocab_size = target.config.vocab_size
     self.max_positions = min(m.config.max_position_embeddings
                              for m in (target, drafter) if m is not None)
     self._compiled = {}
 
+  def lower(self, batch: int, prompt_len: int) -> jax.stages.Lowered:
+    """The loop for `batch` prompts padded to `prompt_len`, lowered (not yet compiled)."""
+    max_len = prompt_len + self.cfg.max_new_tokens
+    jitted = jax.jit(decode_loop, static_argnames=_STATIC, donate_argnames="tokens_BxT")
+    return jitted.trace(
+        cfg=self.cfg, target_def=self.target_def, drafter_def=self.drafter_def,
+        prompt_len=prompt_len, mesh=self.mesh, target_params=self.target_params,
+        drafter_params=self.drafter_params,
+        tokens_BxT=self._abstract((batch, max_len)), prompt_lengths_B=self._abstract((batch,)),
+        seed=self._abstract(())).lower()
+
+  def _abstract(self, shape) -> jax.ShapeDtypeStruct:
+    """An int32 input of `shape`: rows split over the mesh's batch axes where they divide."""
+    sharding_ = None
+    if self.mesh is not None:
+      spec = sharding.fit(P(sharding.BATCH_AXES) if shape else P(), shape, self.mesh)
+      sharding_ = NamedSharding(self.mesh, spec)
+    return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding_)
+
   def _executable(self, batch: int, prompt_len: int):
     key = (batch, prompt_len)
     if key not in self._compiled:
-      fn = jax.jit(decode_loop, static_argnames=_STATIC, donate_argnames="tokens_BxT")
-      max_len = prompt_len + self.cfg.max_new_tokens
-      self._compiled[key] = fn.lower(
-          cfg=self.cfg, target_def=self.target_def, drafter_def=self.drafter_def,
-          prompt_len=prompt_len, target_params=self.target_params,
-          drafter_params=self.drafter_params,
-          tokens_BxT=jax.ShapeDtypeStruct((batch, max_len), jnp.int32),
-          prompt_lengths_B=jax.ShapeDtypeStruct((batch,), jnp.int32),
-          rng=jax.random.key(0)).compile()
+      self._compiled[key] = self.lower(batch, prompt_len).compile()
     return self._compiled[key]
+
+  def _input(self, array: np.ndarray, like: jax.ShapeDtypeStruct) -> jax.Array:
+    if like.sharding is None:
+      return jnp.asarray(array)
+    # Every process holds the whole input and hands each of its devices that device's slice.
+    return jax.make_array_from_callback(array.shape, like.sharding, lambda index: array[index])
 
   def check_fits(self, prompt_len: int, cache_len: int | None = None) -> None:
     needed = prompt_len + self.cfg.max_new_tokens
@@ -434,13 +484,14 @@ class SpeculativeDecoder:
       tokens[row, :len(prompt)] = prompt
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     run = self._executable(batch, prompt_len)
+    inputs = [self._input(np.asarray(value, np.int32), self._abstract(np.shape(value)))
+              for value in (tokens, lengths, seed)]
     start = time.perf_counter()
     state = run(target_params=self.target_params, drafter_params=self.drafter_params,
-                tokens_BxT=jnp.asarray(tokens), prompt_lengths_B=jnp.asarray(lengths),
-                rng=jax.random.key(seed))
+                tokens_BxT=inputs[0], prompt_lengths_B=inputs[1], seed=inputs[2])
     state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    out_tokens, out_lengths, iterations, accepts, drafts, verified = jax.device_get(
+    out_tokens, out_lengths, iterations, accepts, drafts, verified = _fetch(
         (state.tokens_BxT, state.lengths_B, state.num_iterations_B, state.accept_lengths_BxN,
          state.accepted_drafts_BxN, state.verified_drafts_BxN))
     return DecodeResult(
@@ -451,3 +502,27 @@ class SpeculativeDecoder:
         num_iterations=iterations.tolist(),
         num_drafted=(iterations * self.cfg.num_drafts).tolist(),
         seconds=seconds)
+
+
+def _split(model: Transformer, mesh: Mesh | None):
+  """`nnx.split(model)`, its parameters placed on `mesh` by `sharding.decode_rules`."""
+  graphdef, params = nnx.split(model)
+  if mesh is None:
+    return graphdef, params
+  if getattr(model, "packed_head", None) is not None:
+    raise DecodeError("the packed dense kernel runs on one CPU device; over a mesh decode with "
+                      "dense_kernel='xla' (decode.py: --config.dense_kernel=xla)")
+  kv_heads = model.config.num_kv_heads
+  if kv_heads % mesh.shape["tensor"]:
+    logging.info("%d key/value heads do not divide over tensor=%d: this model's attention "
+                 "weights and cache are replicated on every device of an axis", kv_heads,
+                 mesh.shape["tensor"])
+  shardings = sharding.state_shardings(params, mesh, sharding.decode_rules(kv_heads, mesh))
+  return graphdef, jax.device_put(params, shardings)
+
+
+def _fetch(arrays):
+  """Host copies of (possibly multi-process) global arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(arrays)
+  return tuple(np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in arrays)

@@ -73,6 +73,11 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh,
       break
   else:
     raise ValueError(f"no partition rule matches parameter {path!r}")
+  return fit(spec, shape, mesh)
+
+
+def fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """`spec` with each axis that does not divide its dimension dropped (replicated there)."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -89,6 +94,27 @@ def state_shardings(state, mesh: Mesh, rules: Sequence[tuple[str, P]] = LLAMA_RU
       return NamedSharding(mesh, P())
     return NamedSharding(mesh, spec_for(path_str(path), leaf.shape, mesh, rules))
   return jax.tree_util.tree_map_with_path(one, state)
+
+
+def decode_rules(num_kv_heads: int, mesh: Mesh) -> tuple[tuple[str, P], ...]:
+  """`LLAMA_RULES` for decoding one model: weights are not split over `fsdp` (gathering them at
+  every forward would cost more than their memory saves; `fsdp` carries batch rows, as `data`
+  does), and attention is split over `tensor` only where the key/value heads divide, so every
+  device attends with whole heads and holds their slice of the cache (else it is replicated)."""
+  heads_split = num_kv_heads % mesh.shape["tensor"] == 0
+  rules = []
+  for pattern, spec in LLAMA_RULES:
+    if pattern.startswith(r"self_attn/") and not heads_split:
+      spec = P()
+    rules.append((pattern, P(*(None if axes == "fsdp" else axes for axes in spec))))
+  return tuple(rules)
+
+
+def cache_spec(num_kv_heads: int, mesh: Mesh) -> P:
+  """A `[batch, max_len, kv_heads, head_dim]` cache buffer: rows over the batch axes, heads
+  over `tensor` where they divide (`decode_rules`)."""
+  heads = "tensor" if num_kv_heads % mesh.shape["tensor"] == 0 else None
+  return P(BATCH_AXES, None, heads, None)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

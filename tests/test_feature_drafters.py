@@ -84,7 +84,7 @@ def test_loop_carries_the_targets_features():
     tokens[row, :len(prompt)] = prompt
   state = run(target_params=decoder.target_params, drafter_params=decoder.drafter_params,
               tokens_BxT=jnp.asarray(tokens), prompt_lengths_B=jnp.asarray([5, 2], jnp.int32),
-              rng=jax.random.key(0))
+              seed=jnp.int32(0))
   for row in range(2):
     length = int(state.lengths_B[row])
     sequence = state.tokens_BxT[row:row + 1, :length]

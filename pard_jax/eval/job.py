@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from typing import Any
 
+import jax
 from absl import logging
 
-from pard_jax import checkpoints, packed_dense, prompting
+from pard_jax import checkpoints, distributed, packed_dense, prompting, sharding
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
@@ -92,12 +94,22 @@ class EvalResult:
 
 def run(config) -> EvalResult:
   """Runs the sweep described by a `configs/decode.py` config (or an `EvalSpec`)."""
+  if not isinstance(config, EvalSpec):
+    # Before anything touches a device (resolving dense_kernel asks for the backend).
+    distributed.initialize(distributed.DistributedSpec.from_config(config.distributed))
   spec = config if isinstance(config, EvalSpec) else EvalSpec.from_config(config)
+  size = math.prod(spec.mesh_shape)  # negative with a -1: every device
+  try:
+    mesh = sharding.make_mesh(spec.mesh_shape, jax.devices()[:size] if size > 0 else None)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh.shape: {e}") from None
+  spec.check_mesh(mesh)
   with report_lib.locked(spec.report_dir):
-    return _run(spec)
+    return _run(spec, mesh if mesh.devices.size > 1 else None)
 
 
-def _run(spec: EvalSpec) -> EvalResult:
+def _run(spec: EvalSpec, mesh) -> EvalResult:
+  """The sweep; `mesh` None decodes on one device."""
   target_hf = spec.models[spec.target].hf
   generation_config = checkpoints.load_generation_config(spec.target)
   tokenizer = _load_tokenizer(spec.target)
@@ -129,8 +141,11 @@ def _run(spec: EvalSpec) -> EvalResult:
   todo = [key for key in ours if not report.done(key)]
   # Read back now: a damaged outputs/ fails before anything loads.
   stored_rows = {key: report.rows(key) for key in ours if report.done(key)}
-  load = lambda path: packed_dense.prepare(checkpoints.load_model(path, dtype=spec.dtype),
-                                           spec.dense_kernel)
+  def load(path):
+    rules = (sharding.decode_rules(spec.models[path].model.num_kv_heads, mesh)
+             if mesh is not None else None)
+    model = checkpoints.load_model(path, dtype=spec.dtype, mesh=mesh, rules=rules)
+    return packed_dense.prepare(model, spec.dense_kernel)
   target = load(spec.target) if todo else None
   drafters = {path: load(path) for path in {spec.drafter_for(method, label)
                                             for _, _, method, label, k in todo if k}}
@@ -151,7 +166,7 @@ def _run(spec: EvalSpec) -> EvalResult:
           if (method, label, k) not in decoders:
             decoders[method, label, k] = SpeculativeDecoder(
                 target, drafters[spec.drafter_for(method, label)] if k else None,
-                configs[method, label, k])
+                configs[method, label, k], mesh=mesh)
           rows = cells_lib.run_cell(decoders[method, label, k], prompts, spec.batch_size,
                                     spec.seed, spec.cache_len,
                                     desc=f"{name} {cells_lib.display_name(method, label)} K={k}")

@@ -71,7 +71,7 @@ def environment() -> dict[str, Any]:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       versions[package] = None
-  return dict(device=device_name(), versions=versions, python=platform.python_version(),
+  return dict(device=device_name(), num_devices=jax.device_count(), versions=versions, python=platform.python_version(),
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               command=" ".join(["python"] + sys.argv))
 
@@ -132,7 +132,7 @@ class Report:
                        num_draft_tokens=list(spec.draft_tokens),
                        drafter_labels=list(spec.drafter_labels),
                        prompt_sets=[s.name for s in spec.prompt_sets], prompts=prompts,
-                       peers=list(spec.peers))
+                       peers=list(spec.peers), mesh=list(spec.mesh_shape))
     self.env = environment()
     if self.directory is not None and (self.directory / "results.json").exists():
       stored_config, _, cells = read_results(self.directory)
@@ -214,6 +214,8 @@ class Report:
   def to_markdown(self) -> str:
     env = self.env
     lines = ["# Evaluation", "", f"- device: {env['device']}",
+             f"- mesh (data, fsdp, tensor): {tuple(self.config.get('mesh', (1, 1, 1)))} of "
+             f"{env.get('num_devices', 1)} device(s)",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
              f"- date: {env['date']}", f"- command: `{env['command']}`",
              "- settings: " + ", ".join(f"{k}={v}" for k, v in self.config.items()), ""]

@@ -142,6 +142,15 @@ class EvalSpec:
   # The config.json of the target and of every drafter a method uses, by path (no weights).
   models: dict[pathlib.Path, checkpoints.CheckpointConfig]
   drafter_kinds: dict[tuple[str, str], kinds.DrafterKind]  # per (method, label), ids resolved
+  mesh_shape: tuple[int, int, int] = (1, 1, 1)  # (data, fsdp, tensor); -1: the other devices
+  num_processes: int = 1  # `distributed.num_processes`
+
+  def check_mesh(self, mesh) -> None:
+    """The batch against the devices' mesh, before any weight is read."""
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    require(self.batch_size % rows == 0, "mesh.shape",
+            f"{tuple(mesh.devices.shape)} splits batch rows over data x fsdp = {rows} devices, "
+            f"which does not divide config.batch_size={self.batch_size}")
 
   @property
   def vocab_size(self) -> int:
@@ -233,7 +242,17 @@ class EvalSpec:
     require(0 <= c.verify_threshold <= 1, "verify_threshold",
             f"must be in [0, 1] (0 = verify every draft), got {c.verify_threshold}")
     require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
-    dense_kernel = packed_dense.resolve(DenseKernel.parse(c.dense_kernel), c.dtype)
+    mesh_shape = tuple(c.mesh.shape)
+    require(len(mesh_shape) == 3 and all(_is_int(n) and (n >= 1 or n == -1) for n in mesh_shape)
+            and mesh_shape.count(-1) <= 1, "mesh.shape",
+            f"must be (data, fsdp, tensor): integers >= 1, at most one -1, got {c.mesh.shape!r}")
+    dense_kernel = DenseKernel.parse(c.dense_kernel)
+    if mesh_shape != (1, 1, 1):
+      require(dense_kernel is not DenseKernel.PACKED, "dense_kernel",
+              f"'packed' runs on one CPU device, and config.mesh.shape is {mesh_shape}; use "
+              "'auto' or 'xla'")
+      dense_kernel = DenseKernel.XLA
+    dense_kernel = packed_dense.resolve(dense_kernel, c.dtype)
     mask_ids, stop_ids = tuple(c.mask_token_ids), c.stop_token_ids
     for field, ids in (("mask_token_ids", mask_ids), ("stop_token_ids", stop_ids or ())):
       require(all(_is_int(i) and i >= 0 for i in ids), field,
@@ -293,6 +312,15 @@ class EvalSpec:
             f"{c.max_new_tokens} leaves no room for a prompt in the {max_positions} positions "
             "the models hold (max_position_embeddings)")
     vocab = models[target].model.vocab_size
+    tensor, width = mesh_shape[2], models[target].model.intermediate_size
+    require(tensor == -1 or width % tensor == 0, "mesh.shape",
+            f"tensor={tensor} does not divide the target's MLP width {width} "
+            f"(intermediate_size of {target}): its weights cannot be split as asked")
+    num_processes = c.distributed.num_processes if "distributed" in c else 1
+    if num_processes > 1:
+      for field, value in (("report_dir", c.report_dir), ("peers", c.peers)):
+        require(not value, field, f"is not supported with distributed.num_processes="
+                f"{num_processes} yet: give each process its own config.output")
     for token in stop_ids or ():
       require(token < vocab, "stop_token_ids",
               f"{token} is outside the target's vocabulary [0, {vocab})")
@@ -322,4 +350,5 @@ class EvalSpec:
                mask_token_ids=mask_ids,
                stop_token_ids=None if stop_ids is None else tuple(stop_ids),
                cache_len=c.cache_len, peers=peers, output=output, report_dir=report_dir,
-               models=models, drafter_kinds=drafter_kinds)
+               models=models, drafter_kinds=drafter_kinds, mesh_shape=mesh_shape,
+               num_processes=num_processes)

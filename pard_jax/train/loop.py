@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from pard_jax import adapters
 from pard_jax import checkpoints
 from pard_jax import data as data_lib
+from pard_jax import distributed
 from pard_jax import drafter_kinds as kinds
 from pard_jax import files
 from pard_jax import sharding as sharding_lib
@@ -47,15 +48,6 @@ def _say(line: str) -> None:
   """A line for the person running the job (process 0 only), beside the progress bar."""
   if jax.process_index() == 0:
     print(line, file=sys.stderr)
-
-
-def initialize_distributed(spec: TrainSpec) -> None:
-  d = spec.distributed
-  if d.num_processes > 1:
-    # CPU processes reduce across hosts over gloo; accelerators bring their own collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=d.coordinator_address,
-                               num_processes=d.num_processes, process_id=d.process_id)
 
 
 def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
@@ -167,7 +159,7 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   """Trains (or resumes) a drafter from a training config (or a `TrainSpec`); returns the
   logged metric records of this process."""
   spec = config if isinstance(config, TrainSpec) else TrainSpec.from_config(config)
-  initialize_distributed(spec)
+  distributed.initialize(spec.distributed)
   try:  # before any file is written
     mesh = sharding_lib.make_mesh(spec.mesh_shape)
   except ValueError as e:

@@ -25,6 +25,7 @@ from pard_jax.checkpoints import assets
 from pard_jax.checkpoints.config_json import read_config
 from pard_jax.checkpoints.tokenizer import load_tokenizer, same_vocabulary
 from pard_jax.config import DTYPES, ModelConfig
+from pard_jax.distributed import DistributedSpec
 from pard_jax.errors import ConfigError, require
 from pard_jax.train import step as step_lib
 
@@ -124,13 +125,6 @@ class HeldoutSpec:
       return False
     every = self.every or run.checkpoint_every
     return step % every == 0 or step == last_step
-
-
-@dataclasses.dataclass(frozen=True)
-class DistributedSpec:
-  coordinator_address: str
-  num_processes: int
-  process_id: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +228,7 @@ class TrainSpec:
                loss=_loss(c.loss, c.model.init, bool(tuple(c.drafter.feature_layers))),
                train=_run(c.train), heldout=_heldout(c.heldout, c.data.source),
                mesh_shape=_mesh_shape(c.mesh.shape),
-               distributed=DistributedSpec(**c.distributed.to_dict()))
+               distributed=DistributedSpec.from_config(c.distributed))
 
 
 # Settings that may change when a run resumes (see `TrainSpec.run_defining`); total_steps is
