@@ -17,6 +17,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.target = ""  # HF directory, .gguf or package:<file>; "" = the SmolLM2-135M-Instruct GGUF
   c.source = "sharegpt"  # a TRAINING_PROMPT_SETS name or a .jsonl of "prompt" lines
+  # .jsonl files of prompts kept out, comma-separated (a training run's held-out prompts).
+  c.exclude = ""
   c.max_prompts = 1200  # prompts taken from the source (after filtering); 0 = all
   c.max_prompt_tokens = 192  # longer prompts are skipped
   c.max_new_tokens = 192

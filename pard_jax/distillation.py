@@ -12,7 +12,8 @@ values is refused rather than mixed in, while `max_prompts` and `batch_size` may
 
 Train and evaluation prompts stay apart: sources come from `TRAINING_PROMPT_SETS` or a local
 file, never the evaluation registry, and any prompt whose text equals an MT-Bench, HumanEval or
-GSM8K prompt is dropped.
+GSM8K prompt is dropped, as is any prompt of the `.jsonl` files `exclude` lists (a training
+run's held-out prompts).
 """
 
 from __future__ import annotations
@@ -45,14 +46,24 @@ def _validate(c) -> pathlib.Path:
   require(c.source in prompts_lib.TRAINING_PROMPT_SETS or c.source.endswith(".jsonl"),
            "source", f"unknown source {c.source!r}; known: "
            f"{', '.join(prompts_lib.TRAINING_PROMPT_SETS)}, or a .jsonl file of prompts")
+  for name in _excluded_files(c):
+    require(name.endswith(".jsonl") and pathlib.Path(name).expanduser().is_file(), "exclude",
+            f"{name!r} is not a .jsonl file of prompts")
   require(bool(c.output), "output", "is required (the .jsonl to write)")
   output = pathlib.Path(c.output).expanduser()
   require_writable(output, "output")
   return output
 
 
-def _evaluation_texts() -> set[str]:
+def _excluded_files(c) -> list[str]:
+  return [name.strip() for name in c.get("exclude", "").split(",") if name.strip()]
+
+
+def _evaluation_texts(c) -> set[str]:
   texts = set()
+  for name in _excluded_files(c):
+    texts.update(" ".join(p.text.split()) for p in
+                 prompts_lib.JsonlFile(pathlib.Path(name).expanduser()).load() if p.text)
   for prompt_set in prompts_lib.PROMPT_SETS.values():
     try:
       texts.update(" ".join(p.text.split()) for p in prompt_set.load())
@@ -141,7 +152,7 @@ def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
   a batch then finish at similar times)."""
   source = (prompts_lib.TRAINING_PROMPT_SETS.get(c.source)
             or prompts_lib.JsonlFile(pathlib.Path(c.source).expanduser()))
-  held_out, seen = _evaluation_texts(), set()
+  held_out, seen = _evaluation_texts(c), set()
   chosen, overlap, shortest_skipped = [], 0, None
   for prompt in source.load():
     if prompt.text is None:
@@ -164,9 +175,10 @@ def select_prompts(c, tokenizer) -> list[tuple[prompts_lib.Prompt, list[int]]]:
           f"no prompt of {c.source} fits in {c.max_prompt_tokens} tokens; the shortest has "
           f"{shortest_skipped} (chat template included)")
   if not chosen:
-    raise DataError(f"{c.source}: no prompt left once the {overlap} evaluation prompts and the "
-                    "repeats are dropped")
-  logging.info("%d prompts chosen; %d dropped as evaluation prompts", len(chosen), overlap)
+    raise DataError(f"{c.source}: no prompt left once the {overlap} evaluation (or excluded) "
+                    "prompts and the repeats are dropped")
+  logging.info("%d prompts chosen; %d dropped as evaluation or excluded prompts", len(chosen),
+               overlap)
   return sorted(chosen, key=lambda pair: len(pair[1]))
 
 

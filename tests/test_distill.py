@@ -95,3 +95,16 @@ def test_a_rerun_after_the_prompts_file_was_edited_is_refused(config, tmp_path):
   with pytest.raises(ConfigError, match=r"config.output: .* other settings \(source_sha256: "
                      r".*prompts file was edited.*--config.output="):
     distillation.run(config)
+
+
+def test_prompts_of_an_exclude_file_are_kept_out(config, tmp_path):
+  """A training run's held-out prompts (`exclude`) get no answer to train on."""
+  (tmp_path / "held_out.jsonl").write_text(json.dumps({"prompt": "Name a  fruit."}) + "\n")
+  config.exclude = str(tmp_path / "held_out.jsonl")
+  tokenizer = checkpoints.load_tokenizer(config.target)
+  chosen = [p.text for p, _ in distillation.select_prompts(config, tokenizer)]
+  assert "Name a fruit." not in chosen and "Count to three." in chosen
+  config.exclude = str(tmp_path / "missing.jsonl")
+  with pytest.raises(ConfigError, match="config.exclude: '.*missing.jsonl' is not a .jsonl "
+                     "file of prompts"):
+    distillation.run(config)
