@@ -2,7 +2,8 @@ r"""Decoding over a mesh of host CPU devices, against one device: bytes per devi
 per iteration, wall time, and the peak RSS of loading a checkpoint straight into its shards.
 
   python benchmarks/mesh_bench.py
-  python benchmarks/mesh_bench.py --load_only --target=asset:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+  python benchmarks/mesh_bench.py --load_only --target=asset:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
+      --meshes=1x1x1,1x1x8
 
 Each mesh runs in its own process (`--xla_force_host_platform_device_count`), so its peak RSS
 is its own: the model is read tensor by tensor into its shards, and the figure is that process's
@@ -28,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 _TARGET = flags.DEFINE_string("target", "", "HF dir, .gguf or asset:; \"\" = SmolLM2-135M")
 _DRAFTER = flags.DEFINE_string("drafter", "drafters/smollm2_135m_pard", "a PARD drafter")
-_MESHES = flags.DEFINE_list("meshes", ["1,1,1", "8,1,1", "2,1,4", "1,1,8"],
-                            "(data, fsdp, tensor) per run")
+_MESHES = flags.DEFINE_list("meshes", ["1x1x1", "8x1x1", "2x1x4", "1x1x8"],
+                            "data x fsdp x tensor per run")
 _NEW = flags.DEFINE_integer("max_new_tokens", 32, "tokens per prompt")
 _BATCH = flags.DEFINE_integer("batch", 8, "prompts decoded together")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per method (best kept)")
@@ -113,12 +114,12 @@ def to_markdown(rows: list[dict], env: dict) -> str:
 def main(argv):
   del argv
   if _ONE.value:
-    print("RESULT " + json.dumps(run_one(tuple(int(n) for n in _ONE.value.split(",")))))
+    print("RESULT " + json.dumps(run_one(tuple(int(n) for n in _ONE.value.split("x")))))
     return
   from pard_jax.eval.report import device_slug, environment, write_results  # pylint: disable=g-import-not-at-top
   rows = []
   for mesh in _MESHES.value:
-    shape = [int(n) for n in mesh.split(",")]
+    shape = [int(n) for n in mesh.split("x")]
     devices = shape[0] * shape[1] * shape[2]
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     flags_ = [f"--{name}={flags.FLAGS[name].value}" for name in
