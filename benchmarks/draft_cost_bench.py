@@ -60,8 +60,9 @@ def draft_ms(model, kind, k: int, feature_size: int) -> float:
 
   @jax.jit
   def step(state, cache, tokens_BxT, lengths_B, draft_lengths_B, features_BxTxC, rng):
-    drafts = drafting.draft(kind, nnx.merge(graphdef, state), cache, tokens_BxT, lengths_B,
-                            draft_lengths_B, k, probs_fn, sample_fn, rng, features_BxTxC)
+    drafts = drafting.draft(kind, drafting.DraftInput(
+        nnx.merge(graphdef, state), cache, tokens_BxT, lengths_B, draft_lengths_B, probs_fn,
+        sample_fn, rng, features_BxTxC), k)
     return drafts.tokens_BxK, drafts.cache
 
   length = _POSITION.value
@@ -129,7 +130,7 @@ def main(argv):
     model = packed_dense.prepare(checkpoints.load_model(path, dtype="float32"), dense)
     ms = {str(k): draft_ms(model, kind, k, model.config.feature_size) for k in ks
           if drafts_at(kind, k)}
-    forwards = "K" if isinstance(kind, kinds.AutoregressiveDrafter) else "1"
+    forwards = "K" if kind.autoregressive else "1"
     rows.append(dict(label=label, path=assets.portable(path), kind=kind.method,
                      forwards=forwards, ms=ms))
     print(f"{label}: " + ", ".join(f"K={k} {v:.1f} ms" for k, v in ms.items()))

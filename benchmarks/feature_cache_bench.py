@@ -30,6 +30,8 @@ from pard_jax import data as data_lib  # noqa: E402
 from pard_jax import sharding as sharding_lib  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
 from pard_jax.train import loop  # noqa: E402
+from pard_jax.train import losses
+from pard_jax.train import optimizer as optimizer_lib
 from pard_jax.train import step as step_lib  # noqa: E402
 from pard_jax.train.spec import TrainSpec  # noqa: E402
 
@@ -75,13 +77,13 @@ def main(argv):
   rows = loop.load_rows(spec, checkpoints.load_tokenizer(spec.tokenizer))
   steps = spec.num_steps(rows.num_rows)
   setup = loop.prepare(spec, mesh, rows)
-  optimizer = step_lib.make_optimizer(spec.optimizer(steps), spec.train.trainable, setup.masks)
+  optimizer = optimizer_lib.make_optimizer(spec.optimizer(steps), spec.train.trainable, setup.masks)
   state, state_sharding = step_lib.create_sharded_state(setup.params, optimizer, mesh)
   teacher_sharding = jax.tree.map(lambda x: x.sharding, setup.teacher_params)
   step_fn = step_lib.jit_train_step(setup.graphdef, optimizer, setup.step_cfg, mesh,
                                     state_sharding, spec.train.grad_accum_steps,
                                     setup.teacher_graphdef, teacher_sharding)
-  target_fn = jax.jit(functools.partial(step_lib.teacher_outputs,
+  target_fn = jax.jit(functools.partial(losses.teacher_outputs,
                                         teacher_graphdef=setup.teacher_graphdef,
                                         step_cfg=setup.step_cfg))
   iterator = data_lib.BatchIterator(rows, spec.train.batch_size, spec.data.seed)

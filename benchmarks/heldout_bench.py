@@ -32,7 +32,7 @@ from pard_jax import data as data_lib  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
 from pard_jax.train import heldout  # noqa: E402
-from pard_jax.train import step as step_lib  # noqa: E402
+from pard_jax.train import settings as train_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DRAFTERS = flags.DEFINE_list("drafters", ["cut=drafters/smollm2_135m_pard",
@@ -50,10 +50,10 @@ _OUT = flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results"), "results
 
 def evaluate(model, kind: kinds.DrafterKind, k: int, rows, target) -> dict:
   graphdef, params = nnx.split(model)
-  step_cfg = step_lib.StepConfig(  # K depths; the evaluator makes them the full layout
-      counts=(1,) * k, mask_tokens=step_lib.layout_masks(kind, k),
+  step_cfg = train_settings.StepConfig(  # K depths; the evaluator makes them the full layout
+      counts=(1,) * k, mask_tokens=kind.layout_masks(k),
       feature_layers=kind.feature_layers,
-      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter))
+      autoregressive=kind.autoregressive)
   mesh = sharding.make_mesh((-1, 1, 1))
   replicated = NamedSharding(mesh, P())
   teacher = ()

@@ -27,7 +27,10 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from pard_jax import checkpoints, data, layout, sharding  # noqa: E402
+from pard_jax import checkpoints, data, sharding  # noqa: E402
+from pard_jax.train import losses
+from pard_jax.train import optimizer as optimizer_lib
+from pard_jax.train import settings as train_settings
 from pard_jax.train import step as step_lib  # noqa: E402
 from pard_jax.config import ModelConfig  # noqa: E402
 from pard_jax.model import create_model  # noqa: E402
@@ -51,9 +54,9 @@ def compiled_bytes(compiled) -> int:
 
 
 def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
-  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(
+  optimizer = optimizer_lib.make_optimizer(train_settings.OptimizerConfig(
       learning_rate=_LR.value, warmup_steps=10, total_steps=10**6))
-  step_cfg = step_lib.StepConfig(counts, (MASK_TOKEN,) * (len(counts) - 1))
+  step_cfg = train_settings.StepConfig(counts, (MASK_TOKEN,) * (len(counts) - 1))
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
   step_fn = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding)
   batches = data.BatchIterator(rows, _BATCH.value, seed=0)
@@ -80,9 +83,9 @@ def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
 
 def evaluate(params, graphdef, eval_rows: data.PackedRows, num_draft_tokens: int) -> list[float]:
   """Per-depth accuracy over every valid query of the full layout (deterministic)."""
-  full = step_lib.StepConfig(layout.cod_counts(_LENGTH.value, num_draft_tokens, 1.0, 1.0),
+  full = train_settings.StepConfig(train_settings.cod_counts(_LENGTH.value, num_draft_tokens, 1.0, 1.0),
                              (MASK_TOKEN,) * (num_draft_tokens - 1))
-  stats_fn = jax.jit(lambda p, b, k: step_lib.layout_loss(p, graphdef, b, k, full)[1])
+  stats_fn = jax.jit(lambda p, b, k: losses.layout_loss(p, graphdef, b, k, full)[1])
   correct = np.zeros(num_draft_tokens)
   count = np.zeros(num_draft_tokens)
   for i in range(eval_rows.num_rows):
@@ -110,8 +113,8 @@ def main(argv):
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   params = jax.device_put(params, NamedSharding(mesh, P()))
   layouts = {
-      "cod (r=0.7, r_min=0.2)": layout.cod_counts(_LENGTH.value, _DEPTHS.value, 0.7, 0.2),
-      "full (r=r_min=1)": layout.cod_counts(_LENGTH.value, _DEPTHS.value, 1.0, 1.0),
+      "cod (r=0.7, r_min=0.2)": train_settings.cod_counts(_LENGTH.value, _DEPTHS.value, 0.7, 0.2),
+      "full (r=r_min=1)": train_settings.cod_counts(_LENGTH.value, _DEPTHS.value, 1.0, 1.0),
   }
   results = [run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, _SECONDS.value)
              for name, counts in layouts.items()]

@@ -28,7 +28,7 @@ import functools
 import math
 import numbers
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.struct
 import jax
@@ -208,7 +208,15 @@ def _probs_fn(cfg: DecodeConfig):
                            top_k=cfg.top_k, top_p=cfg.top_p)
 
 
-def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
+def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState,
+           rng) -> drafting.Drafts:
+  """Step 1: K drafts and their distributions q (`ar`: none, a zero-width draft)."""
+  batch = s.lengths_B.shape[0]
+  if not cfg.num_drafts:
+    return drafting.Drafts(
+        tokens_BxK=jnp.zeros((batch, 0), jnp.int32),
+        q_BxKxV=jnp.zeros((batch, 0, target_vocab), jnp.float32),
+        confidence_BxK=jnp.zeros((batch, 0), jnp.float32), cache=s.drafter_cache, fed=0)
   sample_fn = functools.partial(sampling.sample, greedy=cfg.greedy)
   probs_fn, tokens_BxT = _probs_fn(cfg), s.tokens_BxT
   if cfg.shared_vocab_size:
@@ -221,9 +229,53 @@ def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState, rng):
     probs_fn = lambda logits: target_probs_fn(fit(logits))
     # The target may commit ids past the drafter's table; they only cost acceptance.
     tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
-  return drafting.draft(cfg.drafter, drafter, s.drafter_cache, tokens_BxT, s.lengths_B,
-                        s.draft_lengths_B, cfg.num_draft_tokens, probs_fn, sample_fn, rng,
-                        s.features_BxTxC)
+  return drafting.draft(cfg.drafter, drafting.DraftInput(
+      drafter, s.drafter_cache, tokens_BxT, s.lengths_B, s.draft_lengths_B, probs_fn, sample_fn,
+      rng, s.features_BxTxC), cfg.num_draft_tokens)
+
+
+class Verified(NamedTuple):
+  """What the target's verification of one iteration's drafts returns."""
+  num_accepted_B: jax.Array  # leading drafts accepted
+  committed_BxK1: jax.Array  # the accepted drafts, then the target's own token
+  num_verified: jax.Array | None  # drafts the forward covered (None: all K)
+  target_cache: KVCache
+  features_BxK1xC: jax.Array | None  # the target's features at the verified positions
+  positions_BxK1: jax.Array
+
+
+def _verify(cfg: DecodeConfig, target, s: LoopState, drafts: drafting.Drafts, rng) -> Verified:
+  """Step 2: one target forward over the pending token and the drafts, then the lossless
+  acceptance rule (`sampling.verify`)."""
+  k = cfg.num_drafts
+  pending_Bx1, _ = drafting.take_window(s.tokens_BxT, s.lengths_B - 1, 1)
+  verify_BxK1 = jnp.concatenate([pending_Bx1, drafts.tokens_BxK], axis=1)
+  positions_BxK1 = (s.lengths_B - 1)[:, None] + jnp.arange(k + 1)[None]
+
+  def forward(cache, width):
+    """Logits and features over the first `width` verify positions, padded to K + 1:
+    positions past the width are never read (verify() treats their drafts as rejected)."""
+    hidden, cache, features = target.backbone_features(
+        verify_BxK1[:, :width], positions_BxK1[:, :width], cache,
+        feature_layers=cfg.drafter.feature_layers)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, k + 1 - width), (0, 0)), mode="edge")
+    return pad(target.logits(hidden)), cache, None if features is None else pad(features)
+
+  num_verified = None
+  if cfg.verify_threshold and k:
+    confident_BxK = jnp.cumprod(drafts.confidence_BxK, axis=1) >= cfg.verify_threshold
+    # One forward serves the batch: its width is the widest any active row asks for.
+    num_verified = jnp.max(jnp.where(~s.done_B, jnp.sum(confident_BxK, axis=1), 0))
+    logits_BxK1xV, cache, features_BxK1xC = jax.lax.switch(
+        num_verified, [functools.partial(forward, width=width) for width in range(1, k + 2)],
+        s.target_cache)
+  else:
+    logits_BxK1xV, cache, features_BxK1xC = forward(s.target_cache, k + 1)
+  num_accepted_B, committed_BxK1 = sampling.verify(
+      rng, drafts.tokens_BxK, drafts.q_BxKxV, _probs_fn(cfg)(logits_BxK1xV), cfg.greedy,
+      num_verified)
+  return Verified(num_accepted_B, committed_BxK1, num_verified, cache, features_BxK1xC,
+                  positions_BxK1)
 
 
 def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
@@ -239,78 +291,54 @@ def _commit_count(cfg: DecodeConfig, committed_BxK1, num_accepted_B, lengths_B,
   return jnp.minimum(count_B, budget_B), hit_stop_B
 
 
-def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, mesh: Mesh | None,
-               s: LoopState) -> LoopState:
-  k = cfg.num_drafts
-  batch = s.lengths_B.shape[0]
-  rng, draft_rng, verify_rng = jax.random.split(s.rng, 3)
+def _record(stats_BxN, active_B, iteration_B, values_B):
+  """`stats_BxN[b, iteration_B[b]] = values_B[b]` on the active rows."""
+  slot_B = jnp.where(active_B, iteration_B, stats_BxN.shape[1])
+  return stats_BxN.at[jnp.arange(stats_BxN.shape[0]), slot_B].set(values_B, mode="drop")
+
+
+def _commit(cfg: DecodeConfig, s: LoopState, drafts: drafting.Drafts, v: Verified,
+            prompt_lengths_B, rng) -> LoopState:
+  """Step 3: append the committed tokens (and their features), advance lengths, record the
+  iteration's statistics; finished rows keep their state."""
   active_B = ~s.done_B
-  if k:
-    drafts = _draft(cfg, drafter, target.config.vocab_size, s, draft_rng)
-    drafts_BxK, q_BxKxV, drafter_cache, fed = (drafts.tokens_BxK, drafts.q_BxKxV, drafts.cache,
-                                               drafts.fed)
-  else:
-    drafts_BxK = jnp.zeros((batch, 0), jnp.int32)
-    q_BxKxV = jnp.zeros((batch, 0, target.config.vocab_size), jnp.float32)
-    drafter_cache, fed = s.drafter_cache, 0
-
-  pending_Bx1, _ = drafting.take_window(s.tokens_BxT, s.lengths_B - 1, 1)
-  verify_BxK1 = jnp.concatenate([pending_Bx1, drafts_BxK], axis=1)
-  positions_BxK1 = (s.lengths_B - 1)[:, None] + jnp.arange(k + 1)[None]
-  layers = cfg.drafter.feature_layers
-
-  def verify_forward(cache, width):
-    """Logits and features over the first `width` verify positions, padded to K + 1:
-    positions past the width are never read (verify() treats their drafts as rejected)."""
-    hidden, cache, features = target.backbone_features(
-        verify_BxK1[:, :width], positions_BxK1[:, :width], cache, feature_layers=layers)
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, k + 1 - width), (0, 0)), mode="edge")
-    return pad(target.logits(hidden)), cache, None if features is None else pad(features)
-
-  if cfg.verify_threshold and k:
-    sure_BxK = jnp.cumprod(drafts.confidence_BxK, axis=1) >= cfg.verify_threshold
-    # One forward serves the batch: its width is the widest any active row asks for.
-    num_verified = jnp.max(jnp.where(active_B, jnp.sum(sure_BxK, axis=1), 0))
-    logits_BxK1xV, target_cache, features_BxK1xC = jax.lax.switch(
-        num_verified, [functools.partial(verify_forward, width=width)
-                       for width in range(1, k + 2)], s.target_cache)
-  else:
-    num_verified = None
-    logits_BxK1xV, target_cache, features_BxK1xC = verify_forward(s.target_cache, k + 1)
-  p_BxK1xV = _probs_fn(cfg)(logits_BxK1xV)
-  num_accepted_B, committed_BxK1 = sampling.verify(verify_rng, drafts_BxK, q_BxKxV, p_BxK1xV,
-                                                    cfg.greedy, num_verified)
-
-  count_B, hit_stop_B = _commit_count(cfg, committed_BxK1, num_accepted_B, s.lengths_B,
+  count_B, hit_stop_B = _commit_count(cfg, v.committed_BxK1, v.num_accepted_B, s.lengths_B,
                                       prompt_lengths_B)
   count_B = jnp.where(active_B, count_B, 0)
-  rows_B1 = jnp.arange(batch)[:, None]
+  rows_Bx1 = jnp.arange(count_B.shape[0])[:, None]
   # Slots past the committed count receive leftovers that later commits overwrite.
-  write_BxK1 = jnp.where(active_B[:, None], s.lengths_B[:, None] + jnp.arange(k + 1)[None],
-                         s.tokens_BxT.shape[1])
-  tokens_BxT = s.tokens_BxT.at[rows_B1, write_BxK1].set(committed_BxK1, mode="drop")
+  write_BxK1 = jnp.where(active_B[:, None], s.lengths_B[:, None] + jnp.arange(
+      v.committed_BxK1.shape[1])[None], s.tokens_BxT.shape[1])
+  tokens_BxT = s.tokens_BxT.at[rows_Bx1, write_BxK1].set(v.committed_BxK1, mode="drop")
   features_BxTxC = s.features_BxTxC
   if features_BxTxC is not None:  # the features of every verified position, at its position
-    at_BxK1 = jnp.where(active_B[:, None], positions_BxK1, features_BxTxC.shape[1])
-    features_BxTxC = features_BxTxC.at[rows_B1, at_BxK1].set(features_BxK1xC, mode="drop")
+    at_BxK1 = jnp.where(active_B[:, None], v.positions_BxK1, features_BxTxC.shape[1])
+    features_BxTxC = features_BxTxC.at[rows_Bx1, at_BxK1].set(v.features_BxK1xC, mode="drop")
   lengths_B = s.lengths_B + count_B
   done_B = s.done_B | (active_B & hit_stop_B) | (lengths_B - prompt_lengths_B
                                                   >= cfg.max_new_tokens)
-  draft_lengths_B = jnp.where(active_B, s.lengths_B + jnp.minimum(num_accepted_B, fed),
-                              s.draft_lengths_B)
-  slot_B = jnp.where(active_B, s.num_iterations_B, s.accept_lengths_BxN.shape[1])
-  accept_lengths_BxN = s.accept_lengths_BxN.at[jnp.arange(batch), slot_B].set(count_B,
-                                                                              mode="drop")
-  accepted_drafts_BxN = s.accepted_drafts_BxN.at[jnp.arange(batch), slot_B].set(
-      num_accepted_B, mode="drop")
-  verified_drafts_BxN = s.verified_drafts_BxN.at[jnp.arange(batch), slot_B].set(
-      k if num_verified is None else num_verified, mode="drop")
-  return _constrain(LoopState(
-      tokens_BxT=tokens_BxT, lengths_B=lengths_B, draft_lengths_B=draft_lengths_B,
-      target_cache=target_cache, drafter_cache=drafter_cache, features_BxTxC=features_BxTxC,
+  verified = cfg.num_drafts if v.num_verified is None else v.num_verified
+  record = functools.partial(_record, active_B=active_B, iteration_B=s.num_iterations_B)
+  return LoopState(
+      tokens_BxT=tokens_BxT, lengths_B=lengths_B,
+      draft_lengths_B=jnp.where(active_B, s.lengths_B + jnp.minimum(v.num_accepted_B,
+                                                                     drafts.fed),
+                                s.draft_lengths_B),
+      target_cache=v.target_cache, drafter_cache=drafts.cache, features_BxTxC=features_BxTxC,
       rng=rng, done_B=done_B, num_iterations_B=s.num_iterations_B + active_B,
-      accept_lengths_BxN=accept_lengths_BxN, accepted_drafts_BxN=accepted_drafts_BxN,
-      verified_drafts_BxN=verified_drafts_BxN), mesh)
+      accept_lengths_BxN=record(s.accept_lengths_BxN, values_B=count_B),
+      accepted_drafts_BxN=record(s.accepted_drafts_BxN, values_B=v.num_accepted_B),
+      verified_drafts_BxN=record(s.verified_drafts_BxN,
+                                 values_B=jnp.broadcast_to(verified, count_B.shape)))
+
+
+def _iteration(cfg: DecodeConfig, target, drafter, prompt_lengths_B, mesh: Mesh | None,
+               s: LoopState) -> LoopState:
+  """One iteration: draft -> verify -> commit."""
+  rng, draft_rng, verify_rng = jax.random.split(s.rng, 3)
+  drafts = _draft(cfg, drafter, target.config.vocab_size, s, draft_rng)
+  verified = _verify(cfg, target, s, drafts, verify_rng)
+  return _constrain(_commit(cfg, s, drafts, verified, prompt_lengths_B, rng), mesh)
 
 
 def _prefill(model, tokens_BxP, cache, feature_layers=(), features_BxTxC=None):

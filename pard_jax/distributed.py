@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
 from pard_jax.errors import require
 
 
@@ -33,6 +31,7 @@ class DistributedSpec:
 def initialize(spec: DistributedSpec) -> None:
   """Joins the processes before any device is used (a no-op for one process)."""
   if spec.num_processes > 1:
+    import jax  # pylint: disable=g-import-not-at-top  (settings stay importable without jax)
     # CPU processes reduce across hosts over gloo; accelerators bring their own collectives.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=spec.coordinator_address,

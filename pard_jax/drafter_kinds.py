@@ -27,6 +27,8 @@ class DrafterKind:
   """Base of the kinds: what the drafter is fed after the real tokens, and its config.json."""
   method: ClassVar[str]
   uses_drafter: ClassVar[bool] = True  # False: the target decodes alone
+  # Drafts one token per forward, feeding each back (K forwards for K drafts).
+  autoregressive: ClassVar[bool] = False
   feature_layers: tuple[int, ...] = ()  # target layers whose hidden states it reads
 
   def without_features(self) -> DrafterKind:
@@ -55,6 +57,10 @@ class DrafterKind:
 
   def num_drafts(self, num_draft_tokens: int) -> int:
     return num_draft_tokens if self.uses_drafter else 0
+
+  def layout_masks(self, num_draft_tokens: int) -> tuple[int, ...]:
+    """Depth k's input id in this kind's training layout (`layout.build_layout`)."""
+    return self.mask_ids(num_draft_tokens)
 
   def to_hf(self) -> dict[str, Any]:
     """The `config.json` fields that declare a checkpoint of this kind."""
@@ -87,6 +93,11 @@ class AutoregressiveDrafter(DrafterKind):
   hidden state in place of the target's, so its width must be the target's."""
   feature_layers: tuple[int, ...] = ()
   method: ClassVar[str] = "sd"
+  autoregressive: ClassVar[bool] = True
+
+  def layout_masks(self, num_draft_tokens: int) -> tuple[int, ...]:
+    # Placeholders: the step feeds each chain slot its true token (teacher forcing).
+    return (0,) * (num_draft_tokens - 1)
 
   def to_hf(self) -> dict[str, Any]:
     return {**super().to_hf(), "spd_type": "sd"} if self.feature_layers else {}

@@ -64,6 +64,19 @@ ProbsFn = Callable[[jax.Array], jax.Array]
 SampleFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+class DraftInput(NamedTuple):
+  """What every drafter reads in one drafting step."""
+  model: nnx.Module
+  cache: KVCache  # valid on [0, draft_lengths_B)
+  tokens_BxT: jax.Array  # committed tokens, valid on [0, lengths_B)
+  lengths_B: jax.Array
+  draft_lengths_B: jax.Array
+  probs_fn: ProbsFn  # logits -> q after temperature / top-k / top-p
+  sample_fn: SampleFn  # (rng, q) -> tokens
+  rng: jax.Array
+  features_BxTxC: jax.Array | None = None  # the target's, for a kind with feature layers
+
+
 class Drafts(NamedTuple):
   """What one drafting step returns."""
   tokens_BxK: jax.Array  # draft i sampled from q_BxKxV[:, i]
@@ -81,22 +94,22 @@ def _confidence(logits_xV, tokens_x):
   return jnp.exp(picked - jax.nn.logsumexp(logits_xV, axis=-1))
 
 
-def draft_autoregressive(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B,
-                         draft_lengths_B, num_draft_tokens: int, probs_fn: ProbsFn,
-                         sample_fn: SampleFn, rng, features_BxTxC=None) -> Drafts:
+def draft_autoregressive(x: DraftInput, num_draft_tokens: int) -> Drafts:
   """K drafts from K drafter forwards (fed = K - 1; with features 0)."""
+  model, probs_fn, sample_fn, features_BxTxC = x.model, x.probs_fn, x.sample_fn, x.features_BxTxC
+  lengths_B, draft_lengths_B = x.lengths_B, x.draft_lengths_B
   # Since the last iteration the drafter has missed one token, or two after accepting all K
   # (K + 1 when it keeps none of its drafts).
   fed = num_draft_tokens - 1 if features_BxTxC is None else 0
-  catchup_BxW, positions_BxW = take_window(tokens_BxT, draft_lengths_B,
+  catchup_BxW, positions_BxW = take_window(x.tokens_BxT, draft_lengths_B,
                                            num_draft_tokens + 1 - fed)
   extra = feature_input(model, features_BxTxC, positions_BxW, jnp.ones_like(catchup_BxW, bool))
   # A feature drafter also returns its own last residual stream, fed with its next draft.
   own_layers = () if features_BxTxC is None else (-1,)
-  hidden, cache, own_BxWxD = model.backbone_features(catchup_BxW, positions_BxW, cache,
+  hidden, cache, own_BxWxD = model.backbone_features(catchup_BxW, positions_BxW, x.cache,
                                                      feature_layers=own_layers, extra_BxSxD=extra)
   last_B1 = (lengths_B - draft_lengths_B - 1)[:, None]
-  rngs = jax.random.split(rng, num_draft_tokens)
+  rngs = jax.random.split(x.rng, num_draft_tokens)
   logits_B1xV = _logits_at(model, hidden, last_B1)
   q_B1xV = probs_fn(logits_B1xV)
   first_B = sample_fn(rngs[0], q_B1xV[:, 0])
@@ -117,62 +130,54 @@ def draft_autoregressive(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_
     return ((cache, token_B, position_B + 1, own_B1xD),
             (token_B, q_BxV, _confidence(logits[:, 0], token_B)))
 
-  (cache, _, _, _), (rest_KxB, q_rest_KxBxV, sure_rest_KxB) = jax.lax.scan(
+  (cache, _, _, _), (rest_KxB, q_rest_KxBxV, confidence_rest_KxB) = jax.lax.scan(
       step, (cache, first_B, lengths_B, own_B1xD), rngs[1:])
-  first_sure_B1 = _confidence(logits_B1xV[:, 0], first_B)[:, None]
+  confidence_Bx1 = _confidence(logits_B1xV[:, 0], first_B)[:, None]
   return Drafts(tokens_BxK=jnp.concatenate([first_B[:, None], rest_KxB.T], axis=1),
                 q_BxKxV=jnp.concatenate([q_B1xV, jnp.moveaxis(q_rest_KxBxV, 0, 1)], axis=1),
-                confidence_BxK=jnp.concatenate([first_sure_B1, sure_rest_KxB.T], axis=1),
+                confidence_BxK=jnp.concatenate([confidence_Bx1, confidence_rest_KxB.T], axis=1),
                 cache=cache, fed=fed)
 
 
-def draft_parallel(model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B, draft_lengths_B,
-                   mask_ids, probs_fn: ProbsFn, sample_fn: SampleFn, rng,
-                   features_BxTxC=None) -> Drafts:
+def draft_parallel(x: DraftInput, mask_ids: tuple[int, ...]) -> Drafts:
   """K drafts from one forward over `[catch-up tokens, mask_1 .. mask_{K-1}]` (fed = 0).
 
   The catch-up holds 1..K+1 real tokens per row; the masks follow each row's last real token
   at consecutive positions.
   """
+  model = x.model
   num_masks = len(mask_ids)
   k = num_masks + 1
   width = k + 1 + num_masks
-  real_BxW, positions_BxW = take_window(tokens_BxT, draft_lengths_B, width)
-  num_real_B1 = (lengths_B - draft_lengths_B)[:, None]
+  real_BxW, positions_BxW = take_window(x.tokens_BxT, x.draft_lengths_B, width)
+  num_real_B1 = (x.lengths_B - x.draft_lengths_B)[:, None]
   offset_BxW = jnp.arange(width)[None] - num_real_B1
   masks_M = jnp.asarray(mask_ids, jnp.int32).reshape(num_masks)
   mask_BxW = masks_M[jnp.clip(offset_BxW, 0, max(num_masks - 1, 0))] if num_masks else real_BxW
   inputs_BxW = jnp.where(offset_BxW < 0, real_BxW, mask_BxW)
-  extra = feature_input(model, features_BxTxC, positions_BxW, offset_BxW < 0)
-  hidden, cache = model.backbone(inputs_BxW, positions_BxW, cache, extra_BxSxD=extra)
+  extra = feature_input(model, x.features_BxTxC, positions_BxW, offset_BxW < 0)
+  hidden, cache = model.backbone(inputs_BxW, positions_BxW, x.cache, extra_BxSxD=extra)
   read_BxK = num_real_B1 - 1 + jnp.arange(k)[None]
   logits_BxKxV = _logits_at(model, hidden, read_BxK)
-  q_BxKxV = probs_fn(logits_BxKxV)
-  drafts_BxK = sample_fn(rng, q_BxKxV)
+  q_BxKxV = x.probs_fn(logits_BxKxV)
+  drafts_BxK = x.sample_fn(x.rng, q_BxKxV)
   return Drafts(tokens_BxK=drafts_BxK, q_BxKxV=q_BxKxV,
                 confidence_BxK=_confidence(logits_BxKxV, drafts_BxK), cache=cache, fed=0)
 
 
 @functools.singledispatch
-def draft(kind: kinds.DrafterKind, model: nnx.Module, cache: KVCache, tokens_BxT, lengths_B,
-          draft_lengths_B, num_draft_tokens: int, probs_fn: ProbsFn, sample_fn: SampleFn,
-          rng, features_BxTxC=None) -> Drafts:
-  """K drafts the way `kind` makes them (`features_BxTxC`: for a kind with feature layers)."""
+def draft(kind: kinds.DrafterKind, x: DraftInput, num_draft_tokens: int) -> Drafts:
+  """K drafts the way `kind` makes them (`x.features_BxTxC`: for a kind with feature layers)."""
   raise TypeError(f"{type(kind).__name__} does not draft")
 
 
 @draft.register
-def _(kind: kinds.AutoregressiveDrafter, model, cache, tokens_BxT, lengths_B, draft_lengths_B,
-      num_draft_tokens, probs_fn, sample_fn, rng, features_BxTxC=None):
+def _(kind: kinds.AutoregressiveDrafter, x: DraftInput, num_draft_tokens: int) -> Drafts:
   del kind
-  return draft_autoregressive(model, cache, tokens_BxT, lengths_B, draft_lengths_B,
-                              num_draft_tokens, probs_fn, sample_fn, rng, features_BxTxC)
+  return draft_autoregressive(x, num_draft_tokens)
 
 
 @draft.register(kinds.PardDrafter)
 @draft.register(kinds.ParallelSpecDrafter)
-def _(kind, model, cache, tokens_BxT, lengths_B, draft_lengths_B, num_draft_tokens, probs_fn,
-      sample_fn, rng, features_BxTxC=None):
-  return draft_parallel(model, cache, tokens_BxT, lengths_B, draft_lengths_B,
-                        kind.mask_ids(num_draft_tokens), probs_fn, sample_fn, rng,
-                        features_BxTxC)
+def _(kind, x: DraftInput, num_draft_tokens: int) -> Drafts:
+  return draft_parallel(x, kind.mask_ids(num_draft_tokens))

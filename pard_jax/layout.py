@@ -25,7 +25,6 @@ document (packed rows) stay in the layout with zero loss weight.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
@@ -33,26 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 
 # Guards floor(L * r**k) against float error (0.29 * 100 = 28.999999999999996).
-_FLOOR_EPS = 1e-9
-
-
-def cod_counts(length: int, num_draft_tokens: int, r: float, r_min: float) -> tuple[int, ...]:
-  """Kept slots per depth `(L, n_1, ..., n_{K-1})` under COD; depends only on static values."""
-  if num_draft_tokens < 1:
-    raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
-  if length < num_draft_tokens:
-    raise ValueError(f"length ({length}) must be >= num_draft_tokens ({num_draft_tokens})")
-  if not 0.0 < r <= 1.0:
-    raise ValueError(f"r must be in (0, 1], got {r}")
-  if not 0.0 <= r_min <= 1.0:
-    raise ValueError(f"r_min must be in [0, 1], got {r_min}")
-  counts = [length]
-  for depth in range(1, num_draft_tokens):
-    wanted = math.floor(length * max(r ** depth, r_min) + _FLOOR_EPS)
-    counts.append(max(0, min(wanted, counts[-1] - 1)))
-  return tuple(counts)
-
-
 def slot_depths(counts: Sequence[int]) -> np.ndarray:
   """Depth of every layout slot `[S]` (static)."""
   return np.repeat(np.arange(len(counts), dtype=np.int32), counts)

@@ -13,13 +13,14 @@ from flax import nnx
 
 from pard_jax import adapters, checkpoints
 from pard_jax import drafter_kinds as kinds
-from pard_jax import layout as layout_lib
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import CheckpointError
 from pard_jax.model import create_model
 from pard_jax.train import loop
-from pard_jax.train import step as step_lib
+from pard_jax.train import losses
+from pard_jax.train import optimizer as optimizer_lib
+from pard_jax.train import settings as train_settings
 from tests.helpers import chi_square_pvalue, exact_distribution, packed_batch, tiny_train_config
 
 TINY = ModelConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -81,11 +82,11 @@ def test_training_layout_logits_equal_inference_logits():
   """The train step's layout through the adapted model gives, at every mask slot, the logits
   the merged drafter gives at decoding: [prefix, mask x depth] under a causal mask."""
   model = adapted()
-  length, counts = 14, layout_lib.cod_counts(14, 4, 0.8, 0.3)
+  length, counts = 14, train_settings.cod_counts(14, 4, 0.8, 0.3)
   batch = {k: jnp.asarray(v) for k, v in packed_batch([[9, 5]], length, seed=3, vocab=40).items()}
-  step_cfg = step_lib.StepConfig(counts=counts, mask_tokens=(MASK,) * 3, adapters=True)
+  step_cfg = train_settings.StepConfig(counts=counts, mask_tokens=(MASK,) * 3, adapters=True)
   keys = jax.random.split(jax.random.key(5), 1)
-  layout, hidden = step_lib.layout_hidden(model, batch, keys, step_cfg)
+  layout, hidden = losses.layout_hidden(model, batch, keys, step_cfg)
   logits = np.asarray(model.head_logits(hidden))
   plain = merged(model)
   queries = [(s, d, t, int(batch["positions"][0, t])) for s, (d, t) in
@@ -101,7 +102,7 @@ def test_training_layout_logits_equal_inference_logits():
 def test_only_adapters_and_mask_rows_train():
   model = adapted()
   graphdef, params = nnx.split(model)
-  trainable, rest = step_lib.trainable_part(params, adapters=True)
+  trainable, rest = optimizer_lib.trainable_part(params, adapters=True)
   names = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(trainable)}
   assert names and all(n.endswith(("lora_a", "lora_b", "embed_tokens/rows")) for n in names)
   assert "embed_tokens/embedding" in {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(rest)}

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pard_jax import checkpoints, drafting, layout
+from pard_jax import checkpoints, drafting
 from pard_jax import drafter_kinds as kinds
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.errors import ConfigError
 from pard_jax.eval.spec import EvalSpec
 from pard_jax.model import create_model, init_cache
-from pard_jax.train import step as step_lib
+from pard_jax.train import losses
+from pard_jax.train import settings as train_settings
 from tests.helpers import (ROOT, chi_square_pvalue, exact_distribution, feature_drafter,
                            load_config, packed_batch, without_features)
 
@@ -160,10 +161,10 @@ def layout_inputs(masks, **step_settings):
   over it and the row's key: the training-layout inputs of the feature tests."""
   target, _ = models()
   batch = packed_batch([[9, 5]], 14, seed=3, vocab=36)
-  step_cfg = step_lib.StepConfig(layout.cod_counts(14, 4, 0.8, 0.3), masks,
+  step_cfg = train_settings.StepConfig(train_settings.cod_counts(14, 4, 0.8, 0.3), masks,
                                  feature_layers=LAYERS, **step_settings)
   graphdef, params = nnx.split(target)
-  _, features = step_lib.teacher_outputs(params, graphdef, batch, step_cfg)
+  _, features = losses.teacher_outputs(params, graphdef, batch, step_cfg)
   return step_cfg, batch, features, jax.random.split(jax.random.key(5), 1)
 
 
@@ -178,7 +179,7 @@ def test_training_layout_logits_equal_inference_logits(method):
   masks = {"pard": (39,) * 3, "parallelspec": (36, 37, 38), "sd": (39,) * 3}[method]
   length = 14
   step_cfg, batch, features, keys = layout_inputs(masks, autoregressive=method == "sd")
-  out, hidden = step_lib.layout_hidden(drafter, batch, keys, step_cfg, features)
+  out, hidden = losses.layout_hidden(drafter, batch, keys, step_cfg, features)
   logits = drafter.logits(hidden)
   queries = [(s, d, t, int(batch["positions"][0, t]))
              for s, (d, t) in enumerate(zip(out["depths"][0].tolist(), out["index"][0].tolist()))
@@ -223,7 +224,7 @@ def test_the_peers_feedback_gradient_is_the_true_gradient_only_when_asked(feedba
   step_cfg, batch, features, keys = layout_inputs((39,) * 3, autoregressive=True,
                                                   feedback_gradient=feedback_gradient)
   graphdef, params = nnx.split(drafter)
-  loss = jax.jit(lambda p: step_lib.layout_loss(p, graphdef, batch, keys, step_cfg,
+  loss = jax.jit(lambda p: losses.layout_loss(p, graphdef, batch, keys, step_cfg,
                                                 features_BxLxC=features)[0])
   gradient = jax.grad(loss)(params)
   leaves, treedef = jax.tree.flatten(params)
@@ -240,7 +241,7 @@ def test_the_peers_feedback_gradient_is_the_true_gradient_only_when_asked(feedba
   assert error < 5e-3 if feedback_gradient else error > 0.02, (error, directional,
                                                                 finite_difference)
   plain = dataclasses.replace(step_cfg, feedback_gradient=not feedback_gradient)
-  np.testing.assert_allclose(loss(params), step_lib.layout_loss(
+  np.testing.assert_allclose(loss(params), losses.layout_loss(
       params, graphdef, batch, keys, plain, features_BxLxC=features)[0], rtol=1e-6)
 
 

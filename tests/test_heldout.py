@@ -11,7 +11,7 @@ from pard_jax import drafter_kinds as kinds
 from pard_jax.errors import ConfigError, DataError
 from pard_jax.model import create_model
 from pard_jax.train import heldout, loop
-from pard_jax.train import step as step_lib
+from pard_jax.train import settings as train_settings
 from pard_jax.train.spec import TrainSpec
 from tests.helpers import ROOT, feature_drafter, perturbed, tiny_train_config, without_features
 from tests.test_feature_drafters import KINDS, LAYERS, MASKS, TARGET, generate
@@ -61,7 +61,7 @@ def test_heldout_acceptance_is_the_decoding_loops(method):
   out = generate(target, drafter, kind, prompts, num_draft_tokens=K, max_new_tokens=24)
   batch = text_batch(prompts, out.output_ids)
   masks = MASKS["pard"] * (K - 1) if method.startswith("pard") else MASKS[method] or (0,) * 3
-  step_cfg = heldout.full_layout(step_lib.StepConfig(
+  step_cfg = heldout.full_layout(train_settings.StepConfig(
       counts=(1,) * K, mask_tokens=masks, feature_layers=kind.feature_layers,
       autoregressive=method == "sd", feature_dropout=0.5), batch["tokens"].shape[1])
   t_graphdef, t_params = nnx.split(target)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from pard_jax.train import settings as train_settings
 from pard_jax import layout
 from pard_jax.config import ModelConfig
 from pard_jax.model import create_model
@@ -37,12 +38,12 @@ def inference_keys(batch_row, depth, index):
 
 
 def test_published_counts():
-  assert layout.cod_counts(512, 8, 0.7, 0.2) == (512, 358, 250, 175, 122, 102, 101, 100)
+  assert train_settings.cod_counts(512, 8, 0.7, 0.2) == (512, 358, 250, 175, 122, 102, 101, 100)
   # r_min plateau: strictly decreasing by one so successors always suffice.
-  assert layout.cod_counts(100, 6, 0.5, 0.3) == (100, 50, 30, 29, 28, 27)
+  assert train_settings.cod_counts(100, 6, 0.5, 0.3) == (100, 50, 30, 29, 28, 27)
   # r = r_min = 1 is the full layout without the queries that see no real token.
-  assert layout.cod_counts(16, 4, 1.0, 1.0) == (16, 15, 14, 13)
-  assert layout.cod_counts(100, 2, 0.29, 0.0) == (100, 29)  # no float floor error
+  assert train_settings.cod_counts(16, 4, 1.0, 1.0) == (16, 15, 14, 13)
+  assert train_settings.cod_counts(100, 2, 0.29, 0.0) == (100, 29)  # no float floor error
 
 
 @pytest.mark.parametrize("args, field", [
@@ -51,7 +52,7 @@ def test_published_counts():
     ((16, 4, 0.7, -0.1), "r_min"), ((16, 4, 0.7, 1.1), "r_min")])
 def test_counts_validation(args, field):
   with pytest.raises(ValueError, match=field):
-    layout.cod_counts(*args)
+    train_settings.cod_counts(*args)
 
 
 @pytest.mark.slow
@@ -61,7 +62,7 @@ def test_counts_validation(args, field):
        distinct=st.booleans(), data=st.data())
 def test_mask_matches_inference_and_chain(num_depths, extra, r, r_min, seed, distinct, data):
   length = num_depths + extra
-  counts = layout.cod_counts(length, num_depths, r, r_min)
+  counts = train_settings.cod_counts(length, num_depths, r, r_min)
   split = data.draw(st.integers(1, length))  # two packed documents when split < length
   batch = packed_batch([[split, length - split] if split < length else [length]], length, seed)
   out = make_layout(batch, counts, seed, distinct)
@@ -90,7 +91,7 @@ def test_mask_matches_inference_and_chain(num_depths, extra, r, r_min, seed, dis
 
 def test_cod_samples_cover_all_successors():
   """Over many draws every successor of the previous depth is sometimes kept (no bias to 0)."""
-  counts = layout.cod_counts(12, 3, 0.6, 0.2)
+  counts = train_settings.cod_counts(12, 3, 0.6, 0.2)
   draw = jax.jit(jax.vmap(lambda k: layout.sample_cod_indices(k, counts)))
   indices = np.asarray(draw(jax.random.split(jax.random.key(0), 200)))
   depth = layout.slot_depths(counts)
@@ -110,7 +111,7 @@ def test_training_logits_equal_inference_logits(distinct):
   config = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                        num_heads=4, num_kv_heads=2, head_dim=8)
   model = create_model(config, seed=1)
-  length, counts = 14, layout.cod_counts(14, 4, 0.8, 0.3)
+  length, counts = 14, train_settings.cod_counts(14, 4, 0.8, 0.3)
   batch = packed_batch([[9, 5]], length, seed=3, vocab=64)
   out = make_layout(batch, counts, seed=5, distinct=distinct)
   masks = masks_for(counts, distinct)

@@ -17,13 +17,15 @@ from flax import nnx
 from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pard_jax import checkpoints, decoding, hlo, layout, packed_dense, sharding
+from pard_jax import checkpoints, decoding, hlo, packed_dense, sharding
 from pard_jax import drafter_kinds as kinds
 from pard_jax.config import ModelConfig
 from pard_jax.decoding import DecodeConfig, DecodeError, SpeculativeDecoder
 from pard_jax.errors import ConfigError
 from pard_jax.eval import job
 from pard_jax.model import create_model
+from pard_jax.train import optimizer as optimizer_lib
+from pard_jax.train import settings as train_settings
 from pard_jax.train import step as step_lib
 from tests.hf_helpers import save_hf_model
 from tests.helpers import (ROOT, chi_square_pvalue, exact_distribution, feature_drafter,
@@ -184,8 +186,8 @@ def test_the_loop_and_the_train_step_export_for_gpu_and_tpu():
   assert exported.platforms == ("cuda", "tpu") and exported.nr_devices == 8
 
   graphdef, params = nnx.split(create_model(TARGET, 0))
-  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(total_steps=10))
-  step_cfg = step_lib.StepConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(61,) * 3)
+  optimizer = optimizer_lib.make_optimizer(train_settings.OptimizerConfig(total_steps=10))
+  step_cfg = train_settings.StepConfig(train_settings.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(61,) * 3)
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
   step = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding)
   batch = jax.device_put(packed_batch([[24], [10, 14]] * 2, 24, seed=1, vocab=60),

@@ -77,7 +77,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_settings_and_drafter_metadata_import_without_jax():
   code = ("import sys; sys.modules['jax'] = None; sys.modules['flax'] = None\n"
           "import pard_jax.config, pard_jax.drafter_kinds, pard_jax.errors\n"
-          "import pard_jax.train.defaults\n"
+          "import pard_jax.train.defaults, pard_jax.train.spec, pard_jax.train.settings\n"
           "from configs import decode, distill, tiny, tiny_parallelspec, smollm2, smollm2_drafter\n"
           "assert tiny.get_config().drafter.num_draft_tokens == 4\n"
           "assert smollm2.get_config().model.init.startswith('package:')\n"
@@ -86,3 +86,11 @@ def test_settings_and_drafter_metadata_import_without_jax():
                           timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "jax blocked"
+
+
+def test_the_jax_free_check_fails_on_a_module_that_imports_jax():
+  code = ("import sys; sys.modules['jax'] = None\n"
+          "import pard_jax.layout\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode != 0 and "import of jax halted" in result.stderr

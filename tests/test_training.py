@@ -19,6 +19,9 @@ from pard_jax import drafter_kinds as kinds
 from pard_jax.checkpoints import assets
 from pard_jax.errors import ConfigError
 from pard_jax.train import checkpointing, loop
+from pard_jax.train import losses
+from pard_jax.train import optimizer as optimizer_lib
+from pard_jax.train import settings as train_settings
 from pard_jax.train import step as step_lib
 from pard_jax.train.spec import TrainSpec
 from pard_jax.config import ModelConfig
@@ -35,21 +38,21 @@ def test_schedules():
   base = dict(learning_rate=1.0, warmup_steps=10, total_steps=110)
   for kind, at_60, at_110 in [("constant", 1.0, 1.0), ("cosine", 0.5, 0.0),
                               ("linear", 0.5, 0.0)]:
-    schedule = step_lib.make_schedule(step_lib.OptimizerConfig(schedule=kind, **base))
+    schedule = optimizer_lib.make_schedule(train_settings.OptimizerConfig(schedule=kind, **base))
     assert float(schedule(5)) == pytest.approx(0.5)
     assert float(schedule(60)) == pytest.approx(at_60, abs=1e-6)
     assert float(schedule(110)) == pytest.approx(at_110, abs=1e-6)
   with pytest.raises(ValueError, match="unknown schedule 'step'"):
-    step_lib.make_schedule(step_lib.OptimizerConfig(schedule="step"))
+    optimizer_lib.make_schedule(train_settings.OptimizerConfig(schedule="step"))
 
 
 def run_steps(mesh, accum_steps=1, steps=2):
   graphdef, params = nnx.split(create_model(CONFIG, seed=0))
   # A large Adam eps keeps updates smooth in the gradients: with eps ~ 0, Adam's first steps
   # are sign(g), which turns float reordering noise on near-zero gradients into lr-sized jumps.
-  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(
+  optimizer = optimizer_lib.make_optimizer(train_settings.OptimizerConfig(
       learning_rate=1e-2, eps=1e-3, weight_decay=0.01, total_steps=10))
-  step_cfg = step_lib.StepConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3)
+  step_cfg = train_settings.StepConfig(train_settings.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3)
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
   step = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding, accum_steps)
   batch = packed_batch([[24], [10, 14], [24], [5, 19]] * 2, 24, seed=1, vocab=96)
@@ -63,9 +66,9 @@ def frozen_run(tied: bool, frozen_head: bool):
   """(params before, after) 3 steps with the shared tensors frozen (mask token 5)."""
   model = create_model(CONFIG.replace(tie_word_embeddings=tied), seed=0)
   graphdef, params = nnx.split(model)
-  optimizer = step_lib.make_optimizer(step_lib.OptimizerConfig(
+  optimizer = optimizer_lib.make_optimizer(train_settings.OptimizerConfig(
       learning_rate=1e-2, weight_decay=0.1, total_steps=10), trainable="layers", mask_tokens=(5,))
-  step_cfg = step_lib.StepConfig(layout.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3,
+  step_cfg = train_settings.StepConfig(train_settings.cod_counts(24, 4, 0.7, 0.2), mask_tokens=(5,) * 3,
                                  frozen_head=frozen_head)
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
@@ -91,7 +94,7 @@ def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  after, frozen_run(tied, frozen_head=False)[1])
   with pytest.raises(ValueError, match="unknown trainable 'heads'"):
-    step_lib.make_optimizer(step_lib.OptimizerConfig(), trainable="heads")
+    optimizer_lib.make_optimizer(train_settings.OptimizerConfig(), trainable="heads")
 
 
 @pytest.mark.slow
@@ -105,8 +108,8 @@ def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   model.config = CONFIG.replace(draft_vocab=ids)
   graphdef, params = nnx.split(model)
   keys = jax.random.split(jax.random.key(0), 2)
-  step_cfg = step_lib.StepConfig(counts=(24,), mask_tokens=())
-  loss, stats = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg)
+  step_cfg = train_settings.StepConfig(counts=(24,), mask_tokens=())
+  loss, stats = losses.layout_loss(params, graphdef, batch, keys, step_cfg)
 
   logp = jax.nn.log_softmax(np.asarray(full_logits)[..., list(ids)], axis=-1)
   index = {t: i for i, t in enumerate(ids)}
@@ -118,15 +121,15 @@ def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
 
 @pytest.mark.slow
 def test_kl_loss_matches_a_reference_computation():
-  counts = layout.cod_counts(12, 3, 0.8, 0.3)
+  counts = train_settings.cod_counts(12, 3, 0.8, 0.3)
   batch = packed_batch([[12], [5, 7]], 12, seed=4, vocab=96)
   keys = jax.random.split(jax.random.key(2), 2)
   drafter, teacher = create_model(CONFIG, seed=0), create_model(CONFIG, seed=9)
   graphdef, params = nnx.split(drafter)
   teacher_graphdef, teacher_params = nnx.split(teacher)
-  step_cfg = step_lib.StepConfig(counts, (90, 91), ce_weight=0.1, kl_weight=1.0)
-  teacher_logits, _ = step_lib.teacher_outputs(teacher_params, teacher_graphdef, batch, step_cfg)
-  loss, stats = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
+  step_cfg = train_settings.StepConfig(counts, (90, 91), ce_weight=0.1, kl_weight=1.0)
+  teacher_logits, _ = losses.teacher_outputs(teacher_params, teacher_graphdef, batch, step_cfg)
+  loss, stats = losses.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
 
   # Reference: each document on its own through the teacher; the layout through the drafter.
   out = jax.device_get(layout.build_layout(keys, batch, counts, (90, 91)))
@@ -150,14 +153,14 @@ def test_kl_loss_matches_a_reference_computation():
 @pytest.mark.slow
 def test_cat_weighting_weighs_each_slot_by_the_teachers_probability_of_its_chain():
   """PARD-2's CAT: a depth-k slot at row index i weighs prod_{t=i-k}^{i-1} p_teacher(label_t)."""
-  counts = layout.cod_counts(12, 3, 0.8, 0.3)
+  counts = train_settings.cod_counts(12, 3, 0.8, 0.3)
   batch = packed_batch([[12], [5, 7]], 12, seed=4, vocab=96)
   keys = jax.random.split(jax.random.key(2), 2)
   drafter = create_model(CONFIG, seed=0)
   graphdef, params = nnx.split(drafter)
   teacher_logits = 3 * jax.random.normal(jax.random.key(8), (2, 12, CONFIG.vocab_size))
-  step_cfg = step_lib.StepConfig(counts, (90, 91), cat_weighting=True)
-  loss, _ = step_lib.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
+  step_cfg = train_settings.StepConfig(counts, (90, 91), cat_weighting=True)
+  loss, _ = losses.layout_loss(params, graphdef, batch, keys, step_cfg, teacher_logits)
 
   out = jax.device_get(layout.build_layout(keys, batch, counts, (90, 91)))
   mask = layout.attention_mask(out["depths"], out["positions"], out["segment_ids"])
@@ -173,8 +176,8 @@ def test_cat_weighting_weighs_each_slot_by_the_teachers_probability_of_its_chain
     deep += k > 0
   assert deep >= 8
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
-  plain, _ = step_lib.layout_loss(params, graphdef, batch, keys,
-                                  step_lib.StepConfig(counts, (90, 91)), teacher_logits)
+  plain, _ = losses.layout_loss(params, graphdef, batch, keys,
+                                  train_settings.StepConfig(counts, (90, 91)), teacher_logits)
   assert plain > 1.2 * loss  # deeper slots weigh less
 
 

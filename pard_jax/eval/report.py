@@ -22,7 +22,6 @@ import sys
 from typing import Any, Sequence
 
 import jax
-from absl import logging
 
 from pard_jax.errors import ConfigError, DataError
 from pard_jax.eval import prompts as prompts_lib

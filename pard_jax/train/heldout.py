@@ -22,22 +22,22 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pard_jax import data as data_lib
-from pard_jax import layout as layout_lib
 from pard_jax import sharding as sharding_lib
 from pard_jax.errors import DataError
-from pard_jax.train import step as step_lib
+from pard_jax.train import losses
+from pard_jax.train import settings as train_settings
 
 
-def full_layout(step_cfg: step_lib.StepConfig, length: int) -> step_lib.StepConfig:
+def full_layout(step_cfg: train_settings.StepConfig, length: int) -> train_settings.StepConfig:
   """`step_cfg` over the full K-depth layout of rows of `length`, drafting as decoding does:
   with features on every row, and no teacher logits (nothing here needs them)."""
   return dataclasses.replace(
-      step_cfg, counts=layout_lib.cod_counts(length, step_cfg.num_draft_tokens, 1.0, 1.0),
+      step_cfg, counts=train_settings.cod_counts(length, step_cfg.num_draft_tokens, 1.0, 1.0),
       feature_dropout=0.0, kl_weight=0.0, cat_weighting=False, ce_weight=1.0)
 
 
 def anchor_acceptance(params, batch: dict[str, jax.Array], teacher_params=None, *,
-                      graphdef: nnx.GraphDef, step_cfg: step_lib.StepConfig,
+                      graphdef: nnx.GraphDef, step_cfg: train_settings.StepConfig,
                       teacher_graphdef: nnx.GraphDef | None = None):
   """Per anchor a (row index) of a `[batch, L]` packed batch (`step_cfg` from `full_layout`):
   `right_BxKxA`, whether the depth-j draft is the text's token a + j + 1 and that token a loss
@@ -47,12 +47,12 @@ def anchor_acceptance(params, batch: dict[str, jax.Array], teacher_params=None, 
   k, counts = step_cfg.num_draft_tokens, step_cfg.counts
   features = None
   if step_cfg.feature_layers:
-    _, features = step_lib.teacher_outputs(teacher_params, teacher_graphdef, batch, step_cfg)
+    _, features = losses.teacher_outputs(teacher_params, teacher_graphdef, batch, step_cfg)
   model = nnx.merge(graphdef, params)
   row_keys_B = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])  # r = 1: unused
-  layout, hidden_BxSxD = step_lib.layout_hidden(model, batch, row_keys_B, step_cfg, features)
+  layout, hidden_BxSxD = losses.layout_hidden(model, batch, row_keys_B, step_cfg, features)
   logits_BxSxR = model.head_logits(hidden_BxSxD)
-  labels_BxS, in_head_BxS = step_lib.head_labels(model.config, layout["labels"],
+  labels_BxS, in_head_BxS = losses.head_labels(model.config, layout["labels"],
                                                  jnp.ones_like(layout["weights"]))
   right_BxS = ((jnp.argmax(logits_BxSxR, axis=-1) == labels_BxS) & (in_head_BxS > 0)
                & (layout["weights"] > 0))
@@ -66,7 +66,7 @@ def anchor_acceptance(params, batch: dict[str, jax.Array], teacher_params=None, 
 
 
 def acceptance_sums(params, batch: dict[str, jax.Array], teacher_params=None, *,
-                    graphdef: nnx.GraphDef, step_cfg: step_lib.StepConfig,
+                    graphdef: nnx.GraphDef, step_cfg: train_settings.StepConfig,
                     teacher_graphdef: nnx.GraphDef | None = None) -> dict[str, jax.Array]:
   """`anchor_acceptance` summed over the counted anchors: `correct` `[K]` (depth-j drafts
   right), `accepted` `[K]` (anchors whose first i + 1 drafts are right: accepted >= i + 1) and
@@ -80,7 +80,7 @@ def acceptance_sums(params, batch: dict[str, jax.Array], teacher_params=None, *,
               anchors=jnp.sum(counted_BxA, dtype=jnp.float32))
 
 
-def jit_acceptance(graphdef: nnx.GraphDef, step_cfg: step_lib.StepConfig, mesh: Mesh,
+def jit_acceptance(graphdef: nnx.GraphDef, step_cfg: train_settings.StepConfig, mesh: Mesh,
                    params_sharding, teacher_graphdef: nnx.GraphDef | None = None,
                    teacher_sharding=None):
   """`acceptance_sums` jitted over `mesh` like the train step: params in their shardings, the
@@ -138,7 +138,7 @@ class Evaluator:
   """
 
   def __init__(self, rows: data_lib.PackedRows, graphdef: nnx.GraphDef,
-               step_cfg: step_lib.StepConfig, length: int, mesh: Mesh, params_sharding,
+               step_cfg: train_settings.StepConfig, length: int, mesh: Mesh, params_sharding,
                micro_batch: int, teacher_graphdef: nnx.GraphDef | None = None,
                teacher_sharding=None):
     self.rows, self.micro_batch = rows, micro_batch

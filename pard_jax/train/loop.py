@@ -38,6 +38,8 @@ from pard_jax.model import (Transformer, add_feature_input, create_model, grow_v
                             make_identity_layers)
 from pard_jax.train import checkpointing
 from pard_jax.train import heldout
+from pard_jax.train import optimizer as optimizer_lib
+from pard_jax.train import settings as train_settings
 from pard_jax.train import step as step_lib
 from pard_jax.train.export import export
 from pard_jax.train.metrics import MetricsLog, NonFinite
@@ -80,7 +82,7 @@ class Setup:
   params: Any
   kind: kinds.DrafterKind
   masks: tuple[int, ...]
-  step_cfg: step_lib.StepConfig
+  step_cfg: train_settings.StepConfig
   teacher_graphdef: nnx.GraphDef | None = None
   teacher_params: Any = None
 
@@ -103,13 +105,13 @@ def prepare(spec: TrainSpec, mesh: Mesh, rows: data_lib.PackedRows) -> Setup:
     model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
         rows, spec.model.draft_vocab_size, model.config.vocab_size))
   graphdef, params = nnx.split(model)
-  step_cfg = step_lib.StepConfig(
+  step_cfg = train_settings.StepConfig(
       counts=spec.cod_counts, mask_tokens=spec.drafter.layout_masks(kind),
       frozen_head=spec.train.trainable == "layers", adapters=spec.train.trainable == "lora",
       ce_weight=spec.loss.ce_weight,
       kl_weight=spec.loss.kl_weight, cat_weighting=spec.loss.cat_weighting,
       feature_layers=layers, feature_dropout=spec.drafter.feature_dropout,
-      autoregressive=isinstance(kind, kinds.AutoregressiveDrafter),
+      autoregressive=kind.autoregressive,
       feedback_gradient=spec.drafter.feedback_gradient)
   setup = Setup(graphdef, params, kind, masks, step_cfg)
   if step_cfg.uses_teacher:
@@ -197,7 +199,7 @@ def _train(spec: TrainSpec, workdir: pathlib.Path, mesh: Mesh) -> list[dict[str,
   steps = spec.num_steps(rows.num_rows)
   setup = prepare(spec, mesh, rows)
   graphdef, kind, step_cfg = setup.graphdef, setup.kind, setup.step_cfg
-  optimizer = step_lib.make_optimizer(spec.optimizer(steps), run.trainable, setup.masks)
+  optimizer = optimizer_lib.make_optimizer(spec.optimizer(steps), run.trainable, setup.masks)
   state, state_sharding = step_lib.create_sharded_state(setup.params, optimizer, mesh,
                                                         step_cfg.adapters)
   setup.params = None  # the state holds them now

@@ -13,21 +13,21 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Any
-
-from jax.sharding import Mesh
+from typing import TYPE_CHECKING, Any
 
 from pard_jax import data as data_lib
 from pard_jax import files
 from pard_jax import drafter_kinds as kinds
-from pard_jax import layout as layout_lib
 from pard_jax.checkpoints import assets
 from pard_jax.checkpoints.config_json import read_config
 from pard_jax.checkpoints.tokenizer import load_tokenizer, same_vocabulary
 from pard_jax.config import DTYPES, ModelConfig
 from pard_jax.distributed import DistributedSpec
 from pard_jax.errors import ConfigError, require
-from pard_jax.train import step as step_lib
+from pard_jax.train import settings as train_settings
+
+if TYPE_CHECKING:
+  from jax.sharding import Mesh
 
 
 def _is_int(value) -> bool:
@@ -86,7 +86,7 @@ class DrafterSpec:
         range(vocab_size, vocab_size + self.num_draft_tokens - 1)), layers)
 
   def layout_masks(self, kind: kinds.DrafterKind) -> tuple[int, ...]:
-    return step_lib.layout_masks(kind, self.num_draft_tokens)
+    return kind.layout_masks(self.num_draft_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ class RunSpec:
   grad_accum_steps: int
   num_epochs: float
   num_steps: int
-  optimizer: step_lib.OptimizerConfig  # total_steps is set by `TrainSpec.optimizer`
+  optimizer: train_settings.OptimizerConfig  # total_steps is set by `TrainSpec.optimizer`
   trainable: str
   lora_rank: int  # with trainable "lora"
   seed: int
@@ -142,14 +142,14 @@ class TrainSpec:
   @property
   def cod_counts(self) -> tuple[int, ...]:
     d = self.drafter
-    return layout_lib.cod_counts(self.data.length, d.num_draft_tokens, d.r, d.r_min)
+    return train_settings.cod_counts(self.data.length, d.num_draft_tokens, d.r, d.r_min)
 
   def num_steps(self, num_rows: int) -> int:
     if self.train.num_steps > 0:
       return self.train.num_steps
     return max(1, math.ceil(self.train.num_epochs * num_rows / self.train.batch_size))
 
-  def optimizer(self, total_steps: int) -> step_lib.OptimizerConfig:
+  def optimizer(self, total_steps: int) -> train_settings.OptimizerConfig:
     return dataclasses.replace(self.train.optimizer, total_steps=total_steps)
 
   def check_mesh(self, mesh: Mesh) -> None:
@@ -371,7 +371,7 @@ def _drafter(d, length: int) -> DrafterSpec:
             "drafter.mask_token_ids", f"must be {k - 1} distinct ids >= 0 (one per depth "
             f"1..K-1), or empty to append new rows; got {ids}")
   require(length >= k, "data.length", f"({length}) must be >= drafter.num_draft_tokens ({k})")
-  counts = layout_lib.cod_counts(length, k, d.r, d.r_min)
+  counts = train_settings.cod_counts(length, k, d.r, d.r_min)
   require(min(counts) >= 1, "data.length", f"{length} is too short for drafter.r={d.r}, "
           f"drafter.r_min={d.r_min}: COD keeps {counts} slots per depth")
   return DrafterSpec(method=d.method, num_draft_tokens=k, mask_token_ids=ids, r=d.r,
@@ -403,12 +403,12 @@ def _run(t) -> RunSpec:
   require(_is_int(t.grad_accum_steps) and t.grad_accum_steps >= 1
           and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
           f"({t.grad_accum_steps}) must be >= 1 and divide train.batch_size ({t.batch_size})")
-  require(t.trainable in step_lib.TRAINABLE, "train.trainable",
-          f"unknown value {t.trainable!r}; known: {step_lib.TRAINABLE}")
+  require(t.trainable in train_settings.TRAINABLE, "train.trainable",
+          f"unknown value {t.trainable!r}; known: {train_settings.TRAINABLE}")
   require(_is_int(t.lora_rank) and t.lora_rank >= 1, "train.lora_rank",
           f"must be an integer >= 1, got {t.lora_rank!r}")
-  require(t.schedule in step_lib.SCHEDULES, "train.schedule",
-          f"unknown schedule {t.schedule!r}; known: {step_lib.SCHEDULES}")
+  require(t.schedule in train_settings.SCHEDULES, "train.schedule",
+          f"unknown schedule {t.schedule!r}; known: {train_settings.SCHEDULES}")
   require(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
   require(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
   for field in ("b1", "b2"):
@@ -421,7 +421,7 @@ def _run(t) -> RunSpec:
           "must be > 0 unless train.num_steps > 0")
   for field in ("log_every", "checkpoint_every", "max_checkpoints"):
     require(t[field] >= 1, f"train.{field}", f"must be >= 1, got {t[field]}")
-  optimizer = step_lib.OptimizerConfig(
+  optimizer = train_settings.OptimizerConfig(
       learning_rate=t.learning_rate, schedule=t.schedule, warmup_steps=t.warmup_steps,
       weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, eps=t.eps, max_grad_norm=t.max_grad_norm)
   return RunSpec(batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps,
