@@ -2,6 +2,8 @@
 # Creates .venv with pard_jax, its test dependencies (CPU builds) and the real SmolLM2 weights.
 set -euo pipefail
 cd "$(dirname "$0")"
+# In a git checkout, commit messages are checked (.githooks/commit-msg: subjects <= 72 chars).
+if [ -d .git ]; then git config core.hooksPath .githooks; fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # The CPU torch build first (parity tests only), so no dependency pulls a CUDA build.

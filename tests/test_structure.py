@@ -94,3 +94,15 @@ def test_the_jax_free_check_fails_on_a_module_that_imports_jax():
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
   assert result.returncode != 0 and "import of jax halted" in result.stderr
+
+
+def test_the_commit_msg_hook_refuses_a_long_subject(tmp_path):
+  def commit(message):
+    (tmp_path / "msg").write_text(message)
+    return subprocess.run([str(ROOT / ".githooks/commit-msg"), str(tmp_path / "msg")],
+                          capture_output=True, text=True, check=False)
+  assert commit("Short subject\n\nA body line may be as long as it likes to be, really, yes.\n"
+                "# a comment\n").returncode == 0
+  refused = commit("x" * 73 + "\n")
+  assert refused.returncode == 1 and "73 characters" in refused.stderr
+  assert commit("Subject\nno blank line\n").returncode == 1
