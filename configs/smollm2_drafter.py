@@ -7,17 +7,16 @@ r"""A drafter for SmolLM2-135M-Instruct cut from the target itself, trained on i
 
 SmolLM2 has no smaller sibling offline, so the drafter keeps the target's first four of 30
 layers and shares the embedding, final norm and head, which stay frozen: only the kept layers
-and the mask token's row learn. Untrained, on 4 rows of the distilled data (next-token loss /
-accuracy; all 30 layers: 1.37 / 0.718): layers 0-3 give 15.1 / 0.049, 0-5 15.6 / 0.045, and
-(0, 1, 2, 29) 20.5 / 0.000: the last layer does not fit an early residual stream.
+and the mask token's row learn (the first layers: the last one does not fit an early
+residual stream; the untrained cuts compared are in `benchmarks/README.md`).
 `drafter.num_draft_tokens=1` is plain next-token training, the AR drafter for `sd` with the same
 init, data and budget (350 steps, 2 epochs). The mask token is 16 (`<empty_output>`), see
 configs/smollm2.py.
 
-The head is restricted to the data's 8192 most frequent tokens (99.3% of the answer tokens):
-verification stays exact, and a step takes 8.6 s instead of 15 on 2 CPU cores. The run writes
-`workdir/delta`, the drafter as its difference from the target (the four layers and the mask
-row in float16, 28 MB): that is what `drafters/smollm2_135m_pard` ships.
+The head is restricted to the data's 8192 most frequent tokens: verification stays exact, and
+a step is cheaper (`benchmarks/README.md`). The run writes `workdir/delta`, the drafter as its
+difference from the target (the four layers and the mask row in float16): that is what
+`drafters/smollm2_135m_pard` ships.
 """
 
 from configs import DATA, SMOLLM2_GGUF

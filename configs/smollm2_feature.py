@@ -16,16 +16,15 @@ layer (`drafter.feature_layers`), normalised per layer and projected, from zero,
 embeddings; mask slots get a learned stand-in. Each train step runs the frozen target over the
 packed rows for those features. One row in ten trains without features, so the same drafter
 also drafts from tokens alone (decode it with the PARD-1 kind). Cross-entropy only: the answers
-are the target's own greedy outputs, and the teacher's 49k-way head would add about 40% to a
-step here (`loss.kl_weight`: PARD-2 uses ce 0.1, kl 1.0).
+are the target's own greedy outputs, and the teacher's 49k-way head would make each step
+dearer (`loss.kl_weight`: PARD-2 uses ce 0.1, kl 1.0).
 
 `drafter.method=parallelspec` gives each depth its own new mask row instead of one shared id.
 `drafter.method=sd` trains the autoregressive peer on the same data and budget: the same body
 drafting one token per forward, each drafted token reading the drafter's own last hidden state
-in the target's place (EAGLE; trained with K - 1 extra forward passes over the layout, so a
-step costs 1.7x: 7.1 s alone). The target runs online: its forward is half of a step here
-(`benchmarks/feature_cache_bench.py`), so a cache of its features would take a 42-min run to
-about 28 min for 1.6 GB of disk; no cache is built yet.
+in the target's place (EAGLE; trained with K - 1 extra forward passes over the layout). The
+target runs online; what an offline cache of its features would save is measured by
+`benchmarks/feature_cache_bench.py`; no cache is built yet.
 """
 
 from configs import DATA, ROOT, SMOLLM2_GGUF, smollm2_drafter

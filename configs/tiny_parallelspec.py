@@ -1,5 +1,5 @@
 """configs/tiny.py as a ParallelSpec drafter: K-1 = 3 distinct trainable mask tokens, appended
-as embedding rows 512-514 past the tokenizer's vocabulary. Under 2 minutes on 2 CPU cores.
+as embedding rows 512-514 past the tokenizer's vocabulary.
 
   python train.py --config=configs/tiny_parallelspec.py --workdir=/tmp/ps_tiny
   python decode.py --config.target=/tmp/ps_tiny/hf --config.drafter=/tmp/ps_tiny/hf \

@@ -135,3 +135,23 @@ def test_auto_falling_back_to_xla_says_why(monkeypatch, caplog):
     assert packed_dense.resolve(DenseKernel.AUTO, "float32") is DenseKernel.XLA
   lines = [r.getMessage() for r in caplog.records]
   assert len(lines) == 1 and "no C++ compiler found" in lines[0] and "XLA" in lines[0], lines
+
+
+def test_checking_a_config_builds_nothing(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  packed_dense.resolve(DenseKernel.AUTO, "float32")
+  assert not (tmp_path / "pard_jax").exists()
+
+
+def test_compiler_warnings_are_shown(tmp_path, monkeypatch, caplog):
+  """Built with -Wall -Wextra: what the compiler says about the source reaches the log."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  warning = tmp_path / "warning-c++"
+  # Writes its -o target, complaining on stderr.
+  warning.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\n: > "$2"\n'
+                     "echo 'packed_dense.cc:1: warning: unused variable x' >&2\n")
+  warning.chmod(0o755)
+  with caplog.at_level("WARNING"):
+    library._build(str(warning))  # pylint: disable=protected-access
+  assert any("unused variable x" in r.getMessage() for r in caplog.records)
+  assert "-Wall" in library._FLAGS and "-w" not in library._FLAGS  # pylint: disable=protected-access

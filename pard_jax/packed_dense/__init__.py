@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pard_jax.errors import require
+from pard_jax.errors import ConfigError, require
 from pard_jax.model import Transformer
 from pard_jax.packed_dense import library
 
@@ -40,7 +40,7 @@ class DenseKernel(enum.Enum):
 
 
 def unavailable_reason(dtype: str) -> str:
-  """Why the packed kernel cannot decode in `dtype` here ("" when it can)."""
+  """Why the packed kernel cannot decode in `dtype` here ("" when it can); builds nothing."""
   if jax.default_backend() != "cpu":
     return f"it runs on CPU only and the default backend is {jax.default_backend()}"
   if jnp.dtype(dtype) != jnp.float32:
@@ -79,6 +79,7 @@ def pack_weight(kernel_IxO) -> jax.Array:
 
 def matmul(x_NxI, packed_OxIx16, out_features: int) -> jax.Array:
   """`x @ kernel` for float32 rows through the kernel: `[rows, out_features]`."""
+  library.load()  # built and registered once, before the first trace that calls it
   rows = x_NxI.shape[0]
   y = jax.ffi.ffi_call(library.TARGET, jax.ShapeDtypeStruct(
       (rows, packed_OxIx16.shape[0] * TILE), jnp.float32), vmap_method="sequential")(
@@ -108,8 +109,14 @@ def _packed_linear(linear: nnx.Linear) -> PackedDense:
 
 
 def pack(model: Transformer) -> Transformer:
-  """A copy of `model` with every dense layer and its head on the packed kernel."""
+  """A copy of `model` with every dense layer and its head on the packed kernel (built here
+  on first use; a failed build is a ConfigError naming `dense_kernel`)."""
   resolve(DenseKernel.PACKED, model.config.dtype)
+  try:
+    library.load()
+  except OSError as e:
+    raise ConfigError(f"config.dense_kernel: the packed kernel cannot run here: {e}; use "
+                      "'xla'") from None
   packed = nnx.clone(model)
   linears = [path for path, node in nnx.iter_graph(packed)
              if isinstance(node, nnx.Linear) and path != ("lm_head",)]

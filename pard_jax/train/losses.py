@@ -137,7 +137,7 @@ def layout_hidden(model, batch: dict[str, jax.Array], row_keys_B: jax.Array,
     # EAGLE's training-time test: a drafted token reads the drafter's own residual stream at
     # the slot before it in its chain. Depth d depends on depth d - 1 only, so K - 1 passes
     # give every depth the input decoding feeds it. The fed-back states carry gradient only
-    # with `feedback_gradient`: it more than doubles a SmolLM2 step on 2 CPU cores.
+    # with `feedback_gradient` (backpropagating through every pass makes a step much dearer).
     before_BxS = chain_predecessors(layout["index"], step_cfg.counts)
     chain_BxSx1 = (layout["depths"] > 0)[..., None]
     real_extra_BxSxD = extra_BxSxD
