@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pard_jax import drafter_kinds as kinds
-from pard_jax import drafting, sampling, sharding
+from pard_jax import drafting, rules, sampling, sharding
 from pard_jax.errors import DecodeError
 from pard_jax.model import KVCache, Transformer, init_cache
 
@@ -75,20 +75,16 @@ class DecodeConfig:
     for field in ("temperature", "top_p", "verify_threshold"):
       object.__setattr__(self, field, _finite(field, getattr(self, field)))
     object.__setattr__(self, "stop_token_ids", _stop_ids(self.stop_token_ids))
-    if self.drafter.uses_drafter and not 1 <= self.num_draft_tokens <= kinds.MAX_DRAFT_TOKENS:
-      raise DecodeError(f"num_draft_tokens must be in [1, {kinds.MAX_DRAFT_TOKENS}], got "
-                        f"{self.num_draft_tokens}")
+    checks = [("temperature", rules.temperature), ("top_k", rules.top_k),
+              ("top_p", rules.top_p), ("verify_threshold", rules.verify_threshold)]
+    if self.drafter.uses_drafter:
+      checks.insert(0, ("num_draft_tokens", rules.num_draft_tokens))
+    for field, rule in checks:
+      problem = rule(getattr(self, field))
+      if problem:
+        raise DecodeError(f"{field} {problem}")
     if self.max_new_tokens < 1:
       raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if self.temperature < 0:
-      raise DecodeError(f"temperature must be >= 0, got {self.temperature}")
-    if self.top_k < 0:
-      raise DecodeError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-    if not 0 < self.top_p <= 1:
-      raise DecodeError(f"top_p must be in (0, 1], got {self.top_p}")
-    if not 0 <= self.verify_threshold <= 1:
-      raise DecodeError(f"verify_threshold must be in [0, 1] (0 = verify every draft), got "
-                        f"{self.verify_threshold}")
     if self.shared_vocab_size < 0:
       raise DecodeError(f"shared_vocab_size must be >= 0, got {self.shared_vocab_size}")
     self.drafter.mask_ids(self.num_draft_tokens)  # a ParallelSpec drafter may know fewer depths
@@ -432,19 +428,18 @@ class SpeculativeDecoder:
       if cfg.shared_vocab_size > min(target_vocab, drafter_vocab):
         raise DecodeError(f"shared_vocab_size {cfg.shared_vocab_size} exceeds a model's "
                           f"vocabulary (target {target_vocab}, drafter {drafter_vocab})")
-      for token in cfg.drafter.mask_ids(cfg.num_draft_tokens):
-        if not 0 <= token < drafter_vocab:
-          raise DecodeError(f"mask token id {token} is outside the drafter's vocabulary "
-                            f"[0, {drafter_vocab})")
+      problem = rules.ids_in_vocabulary(cfg.drafter.mask_ids(cfg.num_draft_tokens),
+                                        drafter_vocab, "the drafter's")
+      if problem:
+        raise DecodeError(f"mask token id {problem}")
       error = kinds.feature_layout_error(cfg.drafter, drafter.config, target.config)
       if error:
         raise DecodeError(error)
     else:
       drafter = None
-    for token in cfg.stop_token_ids:
-      if not 0 <= token < target.config.vocab_size:
-        raise DecodeError(f"stop token id {token} is outside the vocabulary "
-                          f"[0, {target.config.vocab_size})")
+    problem = rules.ids_in_vocabulary(cfg.stop_token_ids, target.config.vocab_size, "the")
+    if problem:
+      raise DecodeError(f"stop token id {problem}")
     self.cfg, self.mesh = cfg, mesh
     self.target_def, self.target_params = _split(target, mesh)
     self.drafter_def, self.drafter_params = (_split(drafter, mesh) if drafter is not None

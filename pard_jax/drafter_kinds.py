@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Sequence
 
+from pard_jax import rules
 from pard_jax.config import ModelConfig
 from pard_jax.errors import CheckpointError, ConfigError
-
-# K, the drafts per iteration, for decoding and training alike.
-MAX_DRAFT_TOKENS = 64
+from pard_jax.rules import MAX_DRAFT_TOKENS  # noqa: F401  (read here by the front ends)
 
 
 class DrafterKind:
@@ -68,9 +67,9 @@ class DrafterKind:
 
   def check_vocab(self, vocab_size: int) -> None:
     """A checkpoint declaring this kind must hold its mask ids."""
-    if not all(0 <= t < vocab_size for t in self.tokens):
-      raise CheckpointError(f"{self.method} mask tokens {self.tokens} lie outside the "
-                            f"vocabulary [0, {vocab_size})")
+    problem = rules.ids_in_vocabulary(self.tokens, vocab_size, "the")
+    if problem:
+      raise CheckpointError(f"{self.method} mask tokens {self.tokens}: {problem}")
 
   @classmethod
   def resolve(cls, declared: DrafterKind | None, override: tuple[int, ...]) -> DrafterKind:
@@ -200,10 +199,8 @@ def feature_layout_error(kind: DrafterKind, drafter: ModelConfig,
             f"(target_feature_size), but {len(layers)} layers of this target give "
             f"{len(layers)} x {target.hidden_size} = {len(layers) * target.hidden_size}: it was "
             "trained for another target")
-  if isinstance(kind, AutoregressiveDrafter) and drafter.hidden_size != target.hidden_size:
-    return (f"the autoregressive feature peer feeds its own hidden state where the target's "
-            f"goes, but its width is {drafter.hidden_size} and the target's "
-            f"{target.hidden_size}")
+  if kind.autoregressive:
+    return rules.feature_peer_width(drafter.hidden_size, target.hidden_size) or None
   return None
 
 

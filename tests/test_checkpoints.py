@@ -214,10 +214,10 @@ def test_config_errors_name_the_file(tmp_path):
                      "num_hidden_layers"):
     checkpoints.read_config(checkpoint("no_layers", {k: v for k, v in config.items()
                                                      if k != "num_hidden_layers"}))
-  with pytest.raises(checkpoints.CheckpointError, match=r"pard: pard mask tokens \(999,\) lie "
-                     "outside"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"pard: pard mask tokens \(999,\): 999 is "
+                     "outside the vocabulary"):
     checkpoints.read_config(checkpoint("pard", {**config, "pard_token": 999}))
-  with pytest.raises(checkpoints.CheckpointError, match="parallelspec: .*lie outside the "
+  with pytest.raises(checkpoints.CheckpointError, match="parallelspec: .*256 is outside the "
                      "vocabulary"):
     checkpoints.read_config(checkpoint("parallelspec", {**config, "parallelspec_tokens": [3, 256]}))
   with pytest.raises(checkpoints.CheckpointError, match="bad_delta/config.json: pard_jax_delta "

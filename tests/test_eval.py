@@ -188,7 +188,8 @@ def test_decode_cli_runs_from_any_directory(models, tmp_path):
     (dict(method="sd", sd_drafter="/no/such"), "config.sd_drafter: /no/such does not exist"),
     (dict(method="ar,pard", sd_drafter="/no/such"), "config.sd_drafter: /no/such does not "
      "exist .*set it to \"\" when unused"),
-    (dict(num_draft_tokens=(0,)), r"config.num_draft_tokens: must be integers in \[1, 64\]"),
+    (dict(num_draft_tokens=(0,)), r"config.num_draft_tokens: must be an integer in \[1, 64\], "
+     r"got 0 \(K values, e.g. 4 or 2,4,8\)"),
     (dict(temperature=-1.0), "config.temperature: must be >= 0"),
     (dict(top_p=0.0), r"config.top_p: must be in \(0, 1\]"),
     (dict(verify_threshold=1.5), r"config.verify_threshold: must be in \[0, 1\]"),

@@ -321,8 +321,9 @@ def test_an_autoregressive_peer_narrower_than_its_teacher_is_named_before_loadin
   config.drafter.update(dict(method="sd", mask_token_ids=(), feature_layers=(0,)))
   spec = TrainSpec.from_config(config)
   spec.check_model(CONFIG)
-  with pytest.raises(ConfigError, match=r"config.drafter.method: sd with features feeds the "
-                     r"drafter's own hidden state .* width \(32, "):
+  with pytest.raises(ConfigError, match=r"config.drafter.method: sd with features: the "
+                     r"autoregressive feature peer feeds its own hidden state .* its width is 32 "
+                     r"and the target's 64"):
     spec.check_model(CONFIG.replace(hidden_size=32, head_dim=8))
 
 

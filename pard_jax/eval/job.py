@@ -19,7 +19,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from pard_jax import checkpoints, distributed, packed_dense, prompting, sharding
+from pard_jax import checkpoints, distributed, packed_dense, prompting, rules, sharding
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
@@ -67,10 +67,9 @@ def tokenize_set(prompt_set: prompts_lib.PromptSet, spec: EvalSpec,
   ids = []
   for prompt in prompts:
     tokens = prompt.token_ids(tokenizer, spec.chat_template)
-    bad = [t for t in tokens if not 0 <= t < spec.vocab_size]
-    if bad:
-      raise DataError(f"{prompt.origin}: token id {bad[0]} is outside the "
-                      f"target's vocabulary [0, {spec.vocab_size})")
+    problem = rules.ids_in_vocabulary(tokens, spec.vocab_size, "the target's")
+    if problem:
+      raise DataError(f"{prompt.origin}: token id {problem}")
     if len(tokens) > room:
       raise DataError(
           f"{prompt.origin}: prompt of {len(tokens)} tokens + max_new_tokens="
@@ -119,11 +118,10 @@ def _run(spec: EvalSpec, mesh) -> EvalResult:
   stops = spec.stop_token_ids
   if stops is None:
     stops = prompting.stop_ids(target_hf, generation_config, tokenizer)
-    bad = [t for t in stops if not 0 <= t < spec.vocab_size]
-    if bad:
+    problem = rules.ids_in_vocabulary(stops, spec.vocab_size, "the target's")
+    if problem:
       raise ConfigError(f"config.stop_token_ids: unset, so the target's EOS ids {stops} are "
-                        f"used, but {bad[0]} is outside its vocabulary [0, {spec.vocab_size}); "
-                        "give the stop ids")
+                        f"used, but {problem}; give the stop ids")
 
   cells = spec.cells()
   shared_vocab = {path: shared_vocab_size(target_hf, spec.models[path].hf, tokenizer, path)

@@ -15,11 +15,11 @@ import pathlib
 import re
 from typing import Any
 
-from pard_jax import checkpoints, packed_dense
+from pard_jax import checkpoints, packed_dense, rules
 from pard_jax import drafter_kinds as kinds
 from pard_jax.checkpoints import assets
 from pard_jax.config import DTYPES
-from pard_jax.drafter_kinds import MAX_DRAFT_TOKENS, METHODS
+from pard_jax.drafter_kinds import METHODS
 from pard_jax.errors import ConfigError, DataError, require, require_writable
 from pard_jax.eval import prompts as prompts_lib
 from pard_jax.packed_dense import DenseKernel
@@ -73,9 +73,6 @@ def _kind(method: str, path: pathlib.Path | None, models: dict, mask_ids: tuple[
   kind = kinds.for_method(method, declared, mask_ids)
   return kind if use_target_features else kind.without_features()
 
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _names(value, field: str) -> tuple[str, ...]:
@@ -221,29 +218,30 @@ class EvalSpec:
                f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     require(len(set(methods)) == len(methods), "method", f"lists a method twice: {c.method!r}")
     methods = ("ar",) + tuple(m for m in methods if m != "ar")
-    ks = (c.num_draft_tokens,) if _is_int(c.num_draft_tokens) else tuple(c.num_draft_tokens)
-    require(bool(ks) and all(_is_int(k) and 1 <= k <= MAX_DRAFT_TOKENS for k in ks),
-             "num_draft_tokens", f"must be integers in [1, {MAX_DRAFT_TOKENS}] (e.g. 4 or "
-             f"2,4,8), got {c.num_draft_tokens!r}")
+    ks = (c.num_draft_tokens,) if rules.is_int(c.num_draft_tokens) else tuple(c.num_draft_tokens)
+    require(bool(ks), "num_draft_tokens", "is empty: give K values, e.g. 4 or 2,4,8")
+    for k in ks:
+      problem = rules.num_draft_tokens(k)
+      require(not problem, "num_draft_tokens", f"{problem} (K values, e.g. 4 or 2,4,8)")
     require(len(set(ks)) == len(ks), "num_draft_tokens", f"lists a value twice: {ks}")
     for field in ("max_new_tokens", "batch_size"):
-      require(_is_int(c[field]) and c[field] >= 1, field, f"must be an integer >= 1, got "
+      require(rules.is_int(c[field]) and c[field] >= 1, field, f"must be an integer >= 1, got "
                f"{c[field]!r}")
     for field in ("cache_len", "top_k"):
-      require(_is_int(c[field]) and c[field] >= 0, field, f"must be an integer >= 0 (0 = off), "
+      require(rules.is_int(c[field]) and c[field] >= 0, field, f"must be an integer >= 0 (0 = off), "
                f"got {c[field]!r}")
-    require(c.max_prompts is None or (_is_int(c.max_prompts) and c.max_prompts >= 0),
+    require(c.max_prompts is None or (rules.is_int(c.max_prompts) and c.max_prompts >= 0),
             "max_prompts", f"must be an integer >= 0 (0 = all) or unset, got {c.max_prompts!r}")
-    require(_is_int(c.seed) and 0 <= c.seed < SEED_LIMIT, "seed",
+    require(rules.is_int(c.seed) and 0 <= c.seed < SEED_LIMIT, "seed",
             f"must be an integer in [0, 2**32) (JAX keeps a seed's low 32 bits, so a larger one "
             f"would repeat a smaller one), got {c.seed!r}")
-    require(c.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {c.temperature}")
-    require(0 < c.top_p <= 1, "top_p", f"must be in (0, 1], got {c.top_p}")
-    require(0 <= c.verify_threshold <= 1, "verify_threshold",
-            f"must be in [0, 1] (0 = verify every draft), got {c.verify_threshold}")
+    for field, rule in (("temperature", rules.temperature), ("top_p", rules.top_p),
+                        ("verify_threshold", rules.verify_threshold)):
+      problem = rule(c[field])
+      require(not problem, field, problem)
     require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
     mesh_shape = tuple(c.mesh.shape)
-    require(len(mesh_shape) == 3 and all(_is_int(n) and (n >= 1 or n == -1) for n in mesh_shape)
+    require(len(mesh_shape) == 3 and all(rules.is_int(n) and (n >= 1 or n == -1) for n in mesh_shape)
             and mesh_shape.count(-1) <= 1, "mesh.shape",
             f"must be (data, fsdp, tensor): integers >= 1, at most one -1, got {c.mesh.shape!r}")
     dense_kernel = DenseKernel.parse(c.dense_kernel)
@@ -255,7 +253,7 @@ class EvalSpec:
     dense_kernel = packed_dense.resolve(dense_kernel, c.dtype)
     mask_ids, stop_ids = tuple(c.mask_token_ids), c.stop_token_ids
     for field, ids in (("mask_token_ids", mask_ids), ("stop_token_ids", stop_ids or ())):
-      require(all(_is_int(i) and i >= 0 for i in ids), field,
+      require(all(rules.is_int(i) and i >= 0 for i in ids), field,
                f"must be token ids (integers >= 0), got {ids!r}")
     peers = _names(c.peers, "peers")
     for peer in peers:
@@ -321,9 +319,8 @@ class EvalSpec:
       for field, value in (("report_dir", c.report_dir), ("peers", c.peers)):
         require(not value, field, f"is not supported with distributed.num_processes="
                 f"{num_processes} yet: give each process its own config.output")
-    for token in stop_ids or ():
-      require(token < vocab, "stop_token_ids",
-              f"{token} is outside the target's vocabulary [0, {vocab})")
+    problem = rules.ids_in_vocabulary(stop_ids or (), vocab, "the target's")
+    require(not problem, "stop_token_ids", problem)
     drafter_kinds = {}
     labelled = dict(drafters)
     for method in methods:
@@ -335,10 +332,9 @@ class EvalSpec:
           continue
         error = kinds.feature_layout_error(kind, models[path].model, models[target].model)
         require(error is None, "target", f"{error} ({path} over {target})")
-        drafter_vocab = models[path].model.vocab_size
-        for token in {t for k in ks for t in kind.mask_ids(k)}:
-          require(token < drafter_vocab, "mask_token_ids",
-                  f"{token} is outside the drafter's vocabulary [0, {drafter_vocab}) ({path})")
+        problem = rules.ids_in_vocabulary(sorted({t for k in ks for t in kind.mask_ids(k)}),
+                                          models[path].model.vocab_size, "the drafter's")
+        require(not problem, "mask_token_ids", f"{problem} ({path})")
     return cls(target=target, drafters=drafters, sd_drafter=sd_drafter,
                methods=methods, draft_tokens=ks,
                prompt_sets=sets, max_prompts=c.max_prompts, chat_template=bool(c.chat_template),

@@ -16,7 +16,7 @@ import pathlib
 from typing import TYPE_CHECKING, Any
 
 from pard_jax import data as data_lib
-from pard_jax import files
+from pard_jax import files, rules
 from pard_jax import drafter_kinds as kinds
 from pard_jax.checkpoints import assets
 from pard_jax.checkpoints.config_json import read_config
@@ -29,9 +29,6 @@ from pard_jax.train import settings as train_settings
 if TYPE_CHECKING:
   from jax.sharding import Mesh
 
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,15 +189,13 @@ class TrainSpec:
               f"{list(self.drafter.feature_layers)} names a layer twice in the teacher's "
               f"{teacher} layers (as indices: {resolved})")
       if self.drafter.method == kinds.AutoregressiveDrafter.method:
-        require(model_config.hidden_size == teacher_model.hidden_size, "drafter.method",
-                f"sd with features feeds the drafter's own hidden state where the teacher's "
-                f"would go, so the drafter's width ({model_config.hidden_size}, "
-                f"{self.model.init}) must equal the teacher's ({teacher_model.hidden_size}, "
-                f"{self.loss.teacher})")
+        problem = rules.feature_peer_width(model_config.hidden_size, teacher_model.hidden_size)
+        require(not problem, "drafter.method",
+                f"sd with features: {problem} ({self.model.init} over {self.loss.teacher})")
     if self.drafter.method == kinds.PardDrafter.method:
-      require(self.drafter.mask_token_ids[0] < model_config.vocab_size,
-              "drafter.mask_token_ids", f"{self.drafter.mask_token_ids[0]} is outside the model "
-              f"vocabulary [0, {model_config.vocab_size})")
+      problem = rules.ids_in_vocabulary(self.drafter.mask_token_ids[:1],
+                                        model_config.vocab_size, "the model")
+      require(not problem, "drafter.mask_token_ids", problem)
     require(self.model.draft_vocab_size <= model_config.vocab_size, "model.draft_vocab_size",
             f"{self.model.draft_vocab_size} exceeds the model vocabulary "
             f"({model_config.vocab_size})")
@@ -255,16 +250,16 @@ def _flat(prefix: str, value) -> dict[str, Any]:
 def _model(m) -> ModelSpec:
   for field in ("dtype", "param_dtype"):
     require(m[field] in DTYPES, f"model.{field}", f"must be one of {DTYPES}, got {m[field]!r}")
-  require(_is_int(m.draft_vocab_size) and m.draft_vocab_size >= 0, "model.draft_vocab_size",
+  require(rules.is_int(m.draft_vocab_size) and m.draft_vocab_size >= 0, "model.draft_vocab_size",
           f"must be an integer >= 0, got {m.draft_vocab_size!r}")
   init = assets.resolve_setting(m.init, "model.init")
   keep_layers = tuple(m.keep_layers)
   require(not keep_layers or init is not None, "model.keep_layers",
           "cuts the layers of model.init, which is empty")
-  require(all(_is_int(i) for i in keep_layers), "model.keep_layers",
+  require(all(rules.is_int(i) for i in keep_layers), "model.keep_layers",
           f"must be layer indices, got {keep_layers}")
   identity_layers = tuple(m.identity_layers)
-  require(all(_is_int(i) for i in identity_layers)
+  require(all(rules.is_int(i) for i in identity_layers)
           and len(set(identity_layers)) == len(identity_layers), "model.identity_layers",
           f"must be distinct layer indices, got {identity_layers}")
   # Zeroing a layer's output is meant for a copy grown beside its original: on any other layer
@@ -311,7 +306,7 @@ def _data(d) -> DataSpec:
   require(bool(d.source), "data.source", "is required (jsonl/json/parquet path, sharegpt, hub "
           "dataset name or tfds:NAME; several comma-separated)")
   sources = _sources(d.source, "data.source")
-  require(_is_int(d.length) and d.length >= 1, "data.length",
+  require(rules.is_int(d.length) and d.length >= 1, "data.length",
           f"must be an integer >= 1, got {d.length!r}")
   tfds_data_dir = None
   if d.tfds_data_dir:
@@ -331,19 +326,19 @@ def _heldout(h, training_source: str) -> HeldoutSpec:
   require(not shared, "heldout.source", f"{', '.join(sorted(shared))} is also in data.source: "
           "held-out rows must be text the run does not train on")
   for field in ("max_rows", "every"):
-    require(_is_int(h[field]) and h[field] >= 0, f"heldout.{field}",
+    require(rules.is_int(h[field]) and h[field] >= 0, f"heldout.{field}",
             f"must be an integer >= 0, got {h[field]!r}")
   return HeldoutSpec(source=h.source, max_rows=h.max_rows, every=h.every)
 
 
 def _drafter(d, length: int) -> DrafterSpec:
   k = d.num_draft_tokens
-  require(_is_int(k) and 1 <= k <= kinds.MAX_DRAFT_TOKENS, "drafter.num_draft_tokens",
-          f"must be an integer in [1, {kinds.MAX_DRAFT_TOKENS}], got {k!r}")
+  problem = rules.num_draft_tokens(k)
+  require(not problem, "drafter.num_draft_tokens", problem)
   require(0.0 < d.r <= 1.0, "drafter.r", f"must be in (0, 1], got {d.r}")
   require(0.0 <= d.r_min <= 1.0, "drafter.r_min", f"must be in [0, 1], got {d.r_min}")
   layers = tuple(d.feature_layers)
-  require(all(_is_int(i) for i in layers) and len(set(layers)) == len(layers),
+  require(all(rules.is_int(i) for i in layers) and len(set(layers)) == len(layers),
           "drafter.feature_layers", f"must be distinct layer indices, got {layers!r}")
   require(0 <= d.feature_dropout < 1, "drafter.feature_dropout",
           f"must be in [0, 1), got {d.feature_dropout}")
@@ -360,7 +355,7 @@ def _drafter(d, length: int) -> DrafterSpec:
           "drafter.feedback_gradient", "applies to the autoregressive feature peer only "
           f"(method sd with drafter.feature_layers), not to method {d.method!r}")
   ids = tuple(d.mask_token_ids)
-  valid_ids = all(_is_int(i) and i >= 0 for i in ids)
+  valid_ids = all(rules.is_int(i) and i >= 0 for i in ids)
   if d.method == kinds.AutoregressiveDrafter.method:
     require(not ids, "drafter.mask_token_ids", f"sd feeds no mask tokens, got {ids}")
   elif d.method == kinds.PardDrafter.method:
@@ -398,14 +393,14 @@ def _loss(loss, init: str, reads_features: bool) -> LossSpec:
 
 
 def _run(t) -> RunSpec:
-  require(_is_int(t.batch_size) and t.batch_size >= 1, "train.batch_size",
+  require(rules.is_int(t.batch_size) and t.batch_size >= 1, "train.batch_size",
           f"must be an integer >= 1, got {t.batch_size}")
-  require(_is_int(t.grad_accum_steps) and t.grad_accum_steps >= 1
+  require(rules.is_int(t.grad_accum_steps) and t.grad_accum_steps >= 1
           and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
           f"({t.grad_accum_steps}) must be >= 1 and divide train.batch_size ({t.batch_size})")
   require(t.trainable in train_settings.TRAINABLE, "train.trainable",
           f"unknown value {t.trainable!r}; known: {train_settings.TRAINABLE}")
-  require(_is_int(t.lora_rank) and t.lora_rank >= 1, "train.lora_rank",
+  require(rules.is_int(t.lora_rank) and t.lora_rank >= 1, "train.lora_rank",
           f"must be an integer >= 1, got {t.lora_rank!r}")
   require(t.schedule in train_settings.SCHEDULES, "train.schedule",
           f"unknown schedule {t.schedule!r}; known: {train_settings.SCHEDULES}")
@@ -431,6 +426,6 @@ def _run(t) -> RunSpec:
 
 
 def _mesh_shape(shape: Any) -> tuple[int, int, int]:
-  require(len(shape) == 3 and all(_is_int(s) for s in shape), "mesh.shape",
+  require(len(shape) == 3 and all(rules.is_int(s) for s in shape), "mesh.shape",
           f"must be (data, fsdp, tensor), got {shape}")
   return tuple(shape)
