@@ -126,7 +126,7 @@ def iteration_anatomy(target, drafter, prompts, ks, thresholds, max_new_tokens,
   for k in ks:
     for kind, threshold in ([(kinds.AutoregressiveDrafter(), 0.0), (pard_kind, 0.0)]
                             + [(pard_kind, t) for t in thresholds]):
-      run = run_ours(target, drafter, DecodeConfig(drafter=kind, num_draft_tokens=k,
+      run = run_ours(target, drafter, DecodeConfig(drafter_kind=kind, num_draft_tokens=k,
                                                    verify_threshold=threshold, **common),
                      prompts)
       rows.append(dict(method=kind.method, k=k, verify_threshold=threshold, **run))
@@ -217,7 +217,7 @@ def main(argv):
 
   common = dict(max_new_tokens=_NEW.value, stop_token_ids=())
   ar = run_ours(target, None, DecodeConfig(**common), prompts)
-  sd_config = DecodeConfig(drafter=kinds.AutoregressiveDrafter(), num_draft_tokens=k, **common)
+  sd_config = DecodeConfig(drafter_kind=kinds.AutoregressiveDrafter(), num_draft_tokens=k, **common)
   sd = run_ours(target, target, sd_config, prompts)
   # What the model steps alone would take for the same work: a prefill per model and prompt,
   # then per ar iteration one 1-token step, per sd iteration a 2-token catch-up step, K-1

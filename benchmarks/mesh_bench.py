@@ -74,7 +74,7 @@ def run_one(shape: tuple[int, int, int]) -> dict:
   for method, model, kind in (("ar", None, None),
                               ("pard", drafter, checkpoints.read_config(drafter_path).drafter)):
     cfg = DecodeConfig(max_new_tokens=_NEW.value, num_draft_tokens=4,
-                       **({"drafter": kind} if kind else {}))
+                       **({"drafter_kind": kind} if kind else {}))
     decoder = SpeculativeDecoder(target, model, cfg, mesh=mesh)
     decoder.generate(prompts, prompt_len=24)  # compiles and warms up
     runs = [decoder.generate(prompts, prompt_len=24) for _ in range(_REPEATS.value)]

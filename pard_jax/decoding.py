@@ -48,7 +48,7 @@ from pard_jax.model import KVCache, Transformer, init_cache
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """Static settings of one compiled decoding loop (hashable: a jit static argument)."""
-  drafter: kinds.DrafterKind = kinds.NoDrafter()  # `drafter_kinds.for_method` builds one
+  drafter_kind: kinds.DrafterKind = kinds.NoDrafter()  # `drafter_kinds.for_method` builds one
   num_draft_tokens: int = 4
   max_new_tokens: int = 64
   temperature: float = 0.0
@@ -65,9 +65,10 @@ class DecodeConfig:
   verify_threshold: float = 0.0
 
   def __post_init__(self):
-    if not isinstance(self.drafter, kinds.DrafterKind):
-      raise DecodeError(f"drafter must be a drafter_kinds.DrafterKind (drafter_kinds.for_method"
-                        f"(name) for one of {', '.join(kinds.METHODS)}), got {self.drafter!r}")
+    if not isinstance(self.drafter_kind, kinds.DrafterKind):
+      raise DecodeError(f"drafter_kind must be a drafter_kinds.DrafterKind (drafter_kinds."
+                        f"for_method(name) for one of {', '.join(kinds.METHODS)}), got "
+                        f"{self.drafter_kind!r}")
     # Normalized to plain Python values: the config is a jit static argument, so it must hash,
     # and a float or NaN here would silently become a shape or all-zero probabilities.
     for field in ("num_draft_tokens", "max_new_tokens", "top_k", "shared_vocab_size"):
@@ -77,7 +78,7 @@ class DecodeConfig:
     object.__setattr__(self, "stop_token_ids", _stop_ids(self.stop_token_ids))
     checks = [("temperature", rules.temperature), ("top_k", rules.top_k),
               ("top_p", rules.top_p), ("verify_threshold", rules.verify_threshold)]
-    if self.drafter.uses_drafter:
+    if self.drafter_kind.uses_drafter:
       checks.insert(0, ("num_draft_tokens", rules.num_draft_tokens))
     for field, rule in checks:
       problem = rule(getattr(self, field))
@@ -87,15 +88,16 @@ class DecodeConfig:
       raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.shared_vocab_size < 0:
       raise DecodeError(f"shared_vocab_size must be >= 0, got {self.shared_vocab_size}")
-    self.drafter.mask_ids(self.num_draft_tokens)  # a ParallelSpec drafter may know fewer depths
+    # A ParallelSpec drafter may know fewer depths than K.
+    self.drafter_kind.mask_ids(self.num_draft_tokens)
 
   @property
   def method(self) -> str:
-    return self.drafter.method
+    return self.drafter_kind.method
 
   @property
   def num_drafts(self) -> int:
-    return self.drafter.num_drafts(self.num_draft_tokens)
+    return self.drafter_kind.num_drafts(self.num_draft_tokens)
 
   @property
   def greedy(self) -> bool:
@@ -225,7 +227,7 @@ def _draft(cfg: DecodeConfig, drafter, target_vocab: int, s: LoopState,
     probs_fn = lambda logits: target_probs_fn(fit(logits))
     # The target may commit ids past the drafter's table; they only cost acceptance.
     tokens_BxT = jnp.minimum(tokens_BxT, drafter.config.vocab_size - 1)
-  return drafting.draft(cfg.drafter, drafting.DraftInput(
+  return drafting.draft(cfg.drafter_kind, drafting.DraftInput(
       drafter, s.drafter_cache, tokens_BxT, s.lengths_B, s.draft_lengths_B, probs_fn, sample_fn,
       rng, s.features_BxTxC), cfg.num_draft_tokens)
 
@@ -253,7 +255,7 @@ def _verify(cfg: DecodeConfig, target, s: LoopState, drafts: drafting.Drafts, rn
     positions past the width are never read (verify() treats their drafts as rejected)."""
     hidden, cache, features = target.backbone_features(
         verify_BxK1[:, :width], positions_BxK1[:, :width], cache,
-        feature_layers=cfg.drafter.feature_layers)
+        feature_layers=cfg.drafter_kind.feature_layers)
     pad = lambda x: jnp.pad(x, ((0, 0), (0, k + 1 - width), (0, 0)), mode="edge")
     return pad(target.logits(hidden)), cache, None if features is None else pad(features)
 
@@ -354,7 +356,7 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, mes
   target = nnx.merge(target_def, target_params)
   drafter = nnx.merge(drafter_def, drafter_params) if drafter_def is not None else None
   batch, max_len = tokens_BxT.shape
-  layers = cfg.drafter.feature_layers
+  layers = cfg.drafter_kind.feature_layers
   target_cache, prompt_features_BxPxC = _prefill(
       target, tokens_BxT[:, :prompt_len], init_cache(target.config, batch, max_len), layers)
   features_BxTxC = None
@@ -416,7 +418,7 @@ class SpeculativeDecoder:
 
   def __init__(self, target: Transformer, drafter: Transformer | None, cfg: DecodeConfig,
                mesh: Mesh | None = None):
-    if cfg.drafter.uses_drafter:
+    if cfg.drafter_kind.uses_drafter:
       if drafter is None:
         raise DecodeError(f"method {cfg.method!r} needs a drafter")
       target_vocab, drafter_vocab = target.config.vocab_size, drafter.config.vocab_size
@@ -428,11 +430,11 @@ class SpeculativeDecoder:
       if cfg.shared_vocab_size > min(target_vocab, drafter_vocab):
         raise DecodeError(f"shared_vocab_size {cfg.shared_vocab_size} exceeds a model's "
                           f"vocabulary (target {target_vocab}, drafter {drafter_vocab})")
-      problem = rules.ids_in_vocabulary(cfg.drafter.mask_ids(cfg.num_draft_tokens),
+      problem = rules.ids_in_vocabulary(cfg.drafter_kind.mask_ids(cfg.num_draft_tokens),
                                         drafter_vocab, "the drafter's")
       if problem:
         raise DecodeError(f"mask token id {problem}")
-      error = kinds.feature_layout_error(cfg.drafter, drafter.config, target.config)
+      error = kinds.feature_layout_error(cfg.drafter_kind, drafter.config, target.config)
       if error:
         raise DecodeError(error)
     else:

@@ -108,33 +108,33 @@ def draft_autoregressive(x: DraftInput, num_draft_tokens: int) -> Drafts:
   own_layers = () if features_BxTxC is None else (-1,)
   hidden, cache, own_BxWxD = model.backbone_features(catchup_BxW, positions_BxW, x.cache,
                                                      feature_layers=own_layers, extra_BxSxD=extra)
-  last_B1 = (lengths_B - draft_lengths_B - 1)[:, None]
+  last_Bx1 = (lengths_B - draft_lengths_B - 1)[:, None]
   rngs = jax.random.split(x.rng, num_draft_tokens)
-  logits_B1xV = _logits_at(model, hidden, last_B1)
-  q_B1xV = probs_fn(logits_B1xV)
-  first_B = sample_fn(rngs[0], q_B1xV[:, 0])
-  own_B1xD = (None if own_BxWxD is None else
-              jnp.take_along_axis(own_BxWxD, last_B1[..., None], axis=1))
+  logits_Bx1xV = _logits_at(model, hidden, last_Bx1)
+  q_Bx1xV = probs_fn(logits_Bx1xV)
+  first_B = sample_fn(rngs[0], q_Bx1xV[:, 0])
+  own_Bx1xD = (None if own_BxWxD is None else
+              jnp.take_along_axis(own_BxWxD, last_Bx1[..., None], axis=1))
 
   def step(carry, rng_i):
-    cache, token_B, position_B, own_B1xD = carry
-    position_B1 = position_B[:, None]
+    cache, token_B, position_B, own_Bx1xD = carry
+    position_Bx1 = position_B[:, None]
     # A drafted token has no target feature yet: it reads the drafter's own (EAGLE).
-    extra = None if own_B1xD is None else model.own_feature_embeddings(own_B1xD)
-    hidden, cache, own_B1xD = model.backbone_features(token_B[:, None], position_B1, cache,
+    extra = None if own_Bx1xD is None else model.own_feature_embeddings(own_Bx1xD)
+    hidden, cache, own_Bx1xD = model.backbone_features(token_B[:, None], position_Bx1, cache,
                                                       feature_layers=own_layers,
                                                       extra_BxSxD=extra)
     logits = model.logits(hidden)
     q_BxV = probs_fn(logits[:, 0])
     token_B = sample_fn(rng_i, q_BxV)
-    return ((cache, token_B, position_B + 1, own_B1xD),
+    return ((cache, token_B, position_B + 1, own_Bx1xD),
             (token_B, q_BxV, _confidence(logits[:, 0], token_B)))
 
   (cache, _, _, _), (rest_KxB, q_rest_KxBxV, confidence_rest_KxB) = jax.lax.scan(
-      step, (cache, first_B, lengths_B, own_B1xD), rngs[1:])
-  confidence_Bx1 = _confidence(logits_B1xV[:, 0], first_B)[:, None]
+      step, (cache, first_B, lengths_B, own_Bx1xD), rngs[1:])
+  confidence_Bx1 = _confidence(logits_Bx1xV[:, 0], first_B)[:, None]
   return Drafts(tokens_BxK=jnp.concatenate([first_B[:, None], rest_KxB.T], axis=1),
-                q_BxKxV=jnp.concatenate([q_B1xV, jnp.moveaxis(q_rest_KxBxV, 0, 1)], axis=1),
+                q_BxKxV=jnp.concatenate([q_Bx1xV, jnp.moveaxis(q_rest_KxBxV, 0, 1)], axis=1),
                 confidence_BxK=jnp.concatenate([confidence_Bx1, confidence_rest_KxB.T], axis=1),
                 cache=cache, fed=fed)
 
@@ -150,14 +150,14 @@ def draft_parallel(x: DraftInput, mask_ids: tuple[int, ...]) -> Drafts:
   k = num_masks + 1
   width = k + 1 + num_masks
   real_BxW, positions_BxW = take_window(x.tokens_BxT, x.draft_lengths_B, width)
-  num_real_B1 = (x.lengths_B - x.draft_lengths_B)[:, None]
-  offset_BxW = jnp.arange(width)[None] - num_real_B1
+  num_real_Bx1 = (x.lengths_B - x.draft_lengths_B)[:, None]
+  offset_BxW = jnp.arange(width)[None] - num_real_Bx1
   masks_M = jnp.asarray(mask_ids, jnp.int32).reshape(num_masks)
   mask_BxW = masks_M[jnp.clip(offset_BxW, 0, max(num_masks - 1, 0))] if num_masks else real_BxW
   inputs_BxW = jnp.where(offset_BxW < 0, real_BxW, mask_BxW)
   extra = feature_input(model, x.features_BxTxC, positions_BxW, offset_BxW < 0)
   hidden, cache = model.backbone(inputs_BxW, positions_BxW, x.cache, extra_BxSxD=extra)
-  read_BxK = num_real_B1 - 1 + jnp.arange(k)[None]
+  read_BxK = num_real_Bx1 - 1 + jnp.arange(k)[None]
   logits_BxKxV = _logits_at(model, hidden, read_BxK)
   q_BxKxV = x.probs_fn(logits_BxKxV)
   drafts_BxK = x.sample_fn(x.rng, q_BxKxV)

@@ -74,9 +74,9 @@ def verify(rng, drafts_BxK, q_BxKxV, p_BxK1xV, greedy: bool, num_verified=None):
   if num_verified is not None:  # a bonus token after the last verified draft: q = 0
     q_at_BxV = jnp.where((num_accepted_B < num_verified)[:, None], q_at_BxV, 0.0)
   residual_BxV = jnp.maximum(p_at_BxV - q_at_BxV, 0.0)
-  mass_B1 = jnp.sum(residual_BxV, axis=-1, keepdims=True)
+  mass_Bx1 = jnp.sum(residual_BxV, axis=-1, keepdims=True)
   # p == q leaves no residual mass; the rejection then had probability zero, use p.
-  residual_BxV = jnp.where(mass_B1 > 0, residual_BxV / jnp.maximum(mass_B1, 1e-30), p_at_BxV)
+  residual_BxV = jnp.where(mass_Bx1 > 0, residual_BxV / jnp.maximum(mass_Bx1, 1e-30), p_at_BxV)
   correction_B = sample(residual_rng, residual_BxV, greedy)
 
   positions_K1 = jnp.arange(k + 1)

@@ -166,7 +166,7 @@ def test_hf_export_with_adapters_folded_in_loads_in_transformers(base_dir, tmp_p
 
 
 def _decode(target, drafter, prompts, **kwargs):
-  config = DecodeConfig(drafter=kinds.PardDrafter(MASK), **kwargs)
+  config = DecodeConfig(drafter_kind=kinds.PardDrafter(MASK), **kwargs)
   return SpeculativeDecoder(target, drafter, config).generate(prompts, seed=kwargs.get("seed", 0))
 
 
@@ -192,7 +192,7 @@ def test_sampling_with_an_adapted_drafter_preserves_the_target_distribution():
   drafter.lm_head.kernel[...] = drafter.lm_head.kernel[...] * 40
   prompt, steps, n = [1, 3], 3, 6000
   result = SpeculativeDecoder(target, drafter, DecodeConfig(
-      drafter=kinds.PardDrafter(5), num_draft_tokens=2, max_new_tokens=steps,
+      drafter_kind=kinds.PardDrafter(5), num_draft_tokens=2, max_new_tokens=steps,
       temperature=1.0)).generate([prompt] * n, seed=0)
   samples = np.asarray(result.output_ids)
   assert samples.shape == (n, steps)

@@ -78,7 +78,7 @@ def test_a_2d_numpy_batch_decodes_like_lists():
 ])
 def test_settings_that_are_not_finite_or_not_integers_name_their_field(field, value, message):
   with pytest.raises(DecodeError, match=f"^{message}"):
-    DecodeConfig(drafter=kinds.AutoregressiveDrafter(), **{field: value})
+    DecodeConfig(drafter_kind=kinds.AutoregressiveDrafter(), **{field: value})
 
 
 def test_stop_token_ids_accept_any_sequence_of_ints():

@@ -27,7 +27,7 @@ MASK = 39
 def decode(target, drafter, prompts, seed=0, method="ar", mask_token_ids=None, **kwargs):
   if mask_token_ids is None:
     mask_token_ids = (MASK,) if method == "pard" else ()
-  kwargs["drafter"] = kinds.for_method(method, override=mask_token_ids)
+  kwargs["drafter_kind"] = kinds.for_method(method, override=mask_token_ids)
   return SpeculativeDecoder(target, drafter, DecodeConfig(**kwargs)).generate(prompts, seed=seed)
 
 
@@ -169,14 +169,14 @@ def test_bad_requests_get_clear_errors():
     decode(target, None, [[1], []])
   with pytest.raises(ConfigError, match="unknown method 'medusa'; choose from ar, sd"):
     kinds.for_method("medusa")
-  with pytest.raises(DecodeError, match="drafter must be a drafter_kinds.DrafterKind"):
-    DecodeConfig(drafter="pard")
+  with pytest.raises(DecodeError, match="drafter_kind must be a drafter_kinds.DrafterKind"):
+    DecodeConfig(drafter_kind="pard")
   with pytest.raises(DecodeError, match="top_p"):
     DecodeConfig(top_p=0.0)
   with pytest.raises(DecodeError, match=r"verify_threshold must be in \[0, 1\]"):
     DecodeConfig(verify_threshold=2.0)
   with pytest.raises(ConfigError, match="needs 3 distinct mask ids; this drafter has 1"):
-    DecodeConfig(drafter=kinds.ParallelSpecDrafter((1,)), num_draft_tokens=4)
+    DecodeConfig(drafter_kind=kinds.ParallelSpecDrafter((1,)), num_draft_tokens=4)
 
 
 

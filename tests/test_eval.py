@@ -377,7 +377,7 @@ def test_real_smollm2_greedy_equals_transformers_generate(smollm2, tmp_path):
       expected.append(out[0, len(prompt):].tolist())
   for method in ("ar", "sd"):
     result = SpeculativeDecoder(model, model if method == "sd" else None,
-                                DecodeConfig(drafter=kinds.for_method(method),
+                                DecodeConfig(drafter_kind=kinds.for_method(method),
                                              num_draft_tokens=4, max_new_tokens=new,
                                              stop_token_ids=(2,))
                                 ).generate(prompts_ids)

@@ -39,7 +39,7 @@ def models(seed=0):
 
 
 def generate(target, drafter, kind, prompts, **settings):
-  cfg = DecodeConfig(drafter=kind, **settings)
+  cfg = DecodeConfig(drafter_kind=kind, **settings)
   return SpeculativeDecoder(target, drafter, cfg).generate(prompts, seed=settings.get("seed", 0))
 
 
@@ -77,7 +77,7 @@ def test_loop_carries_the_targets_features():
   forward over the whole output gives there."""
   target, drafter = models()
   prompts = [[1, 2, 3, 4, 5], [6, 7]]
-  cfg = DecodeConfig(drafter=KINDS["pard"], num_draft_tokens=3, max_new_tokens=10)
+  cfg = DecodeConfig(drafter_kind=KINDS["pard"], num_draft_tokens=3, max_new_tokens=10)
   decoder = SpeculativeDecoder(target, drafter, cfg)
   run = decoder._executable(2, 5)  # pylint: disable=protected-access
   tokens = np.zeros((2, 15), np.int32)
@@ -136,7 +136,7 @@ def test_a_target_the_drafter_was_not_built_for_is_refused(layers, hidden, messa
   target = create_model(TARGET.replace(hidden_size=hidden), 0)
   _, drafter = models()
   with pytest.raises(DecodeError, match=message):
-    SpeculativeDecoder(target, drafter, DecodeConfig(drafter=kinds.PardDrafter(39, layers)))
+    SpeculativeDecoder(target, drafter, DecodeConfig(drafter_kind=kinds.PardDrafter(39, layers)))
 
 
 def test_the_autoregressive_peer_needs_the_targets_width():

@@ -60,7 +60,7 @@ def models(method):
 
 def generate(method, mesh, **settings):
   target, drafter = models(method)
-  cfg = DecodeConfig(drafter=KINDS[method], num_draft_tokens=3, max_new_tokens=12, **settings)
+  cfg = DecodeConfig(drafter_kind=KINDS[method], num_draft_tokens=3, max_new_tokens=12, **settings)
   return SpeculativeDecoder(target, drafter, cfg, mesh=mesh).generate(PROMPTS, seed=3)
 
 
@@ -82,7 +82,7 @@ def test_sampling_over_a_mesh_keeps_the_target_distribution(method):
   target = create_model(TARGET.replace(vocab_size=8, intermediate_size=32), 0)
   target.lm_head.kernel[...] = target.lm_head.kernel[...] * 30  # a peaked, testable law
   drafter = perturbed(target, 0.5, 1)
-  cfg = DecodeConfig(drafter=kinds.for_method(method, override=(7,) if method == "pard" else ()),
+  cfg = DecodeConfig(drafter_kind=kinds.for_method(method, override=(7,) if method == "pard" else ()),
                      num_draft_tokens=2, max_new_tokens=2, temperature=1.0)
   prompt = [1, 3]
   result = SpeculativeDecoder(target, drafter, cfg, mesh=mesh_of((2, 1, 4))).generate(
@@ -119,7 +119,7 @@ def _weight_shapes(params) -> set[tuple[int, ...]]:
 
 def _compiled_text(method, shape, verify_threshold=0.0):
   target, drafter = models(method)
-  cfg = DecodeConfig(drafter=KINDS[method], num_draft_tokens=3, max_new_tokens=12,
+  cfg = DecodeConfig(drafter_kind=KINDS[method], num_draft_tokens=3, max_new_tokens=12,
                      verify_threshold=verify_threshold)
   decoder = SpeculativeDecoder(target, drafter, cfg, mesh=mesh_of(shape))
   params = [decoder.target_params] + [decoder.drafter_params] * (drafter is not None)
@@ -174,7 +174,7 @@ def test_the_loop_and_the_train_step_export_for_gpu_and_tpu():
   host callback in the decoding loop over a mesh, nor in the sharded train step."""
   target, drafter = models("pard")
   mesh = mesh_of((2, 1, 4))
-  cfg = DecodeConfig(drafter=KINDS["pard"], num_draft_tokens=3, max_new_tokens=8,
+  cfg = DecodeConfig(drafter_kind=KINDS["pard"], num_draft_tokens=3, max_new_tokens=8,
                      verify_threshold=0.2, temperature=1.0, top_p=0.9)
   decoder = SpeculativeDecoder(target, drafter, cfg, mesh=mesh)
   loop = jax.jit(functools.partial(decoding.decode_loop, cfg, decoder.target_def,

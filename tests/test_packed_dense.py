@@ -65,7 +65,7 @@ def test_packed_model_gives_the_models_logits(config):
 
 
 def _generate(target, drafter, kind, prompts, **settings):
-  cfg = DecodeConfig(drafter=kind, **settings)
+  cfg = DecodeConfig(drafter_kind=kind, **settings)
   return SpeculativeDecoder(target, drafter, cfg).generate(prompts, seed=settings.get("seed", 0))
 
 

@@ -129,7 +129,7 @@ def _run(spec: EvalSpec, mesh) -> EvalResult:
   configs = {}
   for method, label, k in cells:
     configs[method, label, k] = DecodeConfig(
-        drafter=spec.drafter_kinds[method, label], num_draft_tokens=k or 1,
+        drafter_kind=spec.drafter_kinds[method, label], num_draft_tokens=k or 1,
         max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_k=spec.top_k,
         top_p=spec.top_p, verify_threshold=spec.verify_threshold, stop_token_ids=stops,
         shared_vocab_size=shared_vocab[spec.drafter_for(method, label)] if k else 0)

@@ -70,7 +70,8 @@ def environment() -> dict[str, Any]:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       versions[package] = None
-  return dict(device=device_name(), num_devices=jax.device_count(), versions=versions, python=platform.python_version(),
+  return dict(device=device_name(), num_devices=jax.device_count(), versions=versions,
+              python=platform.python_version(),
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               command=" ".join(["python"] + sys.argv))
 

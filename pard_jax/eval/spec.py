@@ -228,8 +228,8 @@ class EvalSpec:
       require(rules.is_int(c[field]) and c[field] >= 1, field, f"must be an integer >= 1, got "
                f"{c[field]!r}")
     for field in ("cache_len", "top_k"):
-      require(rules.is_int(c[field]) and c[field] >= 0, field, f"must be an integer >= 0 (0 = off), "
-               f"got {c[field]!r}")
+      require(rules.is_int(c[field]) and c[field] >= 0, field,
+              f"must be an integer >= 0 (0 = off), got {c[field]!r}")
     require(c.max_prompts is None or (rules.is_int(c.max_prompts) and c.max_prompts >= 0),
             "max_prompts", f"must be an integer >= 0 (0 = all) or unset, got {c.max_prompts!r}")
     require(rules.is_int(c.seed) and 0 <= c.seed < SEED_LIMIT, "seed",
@@ -241,8 +241,8 @@ class EvalSpec:
       require(not problem, field, problem)
     require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
     mesh_shape = tuple(c.mesh.shape)
-    require(len(mesh_shape) == 3 and all(rules.is_int(n) and (n >= 1 or n == -1) for n in mesh_shape)
-            and mesh_shape.count(-1) <= 1, "mesh.shape",
+    require(len(mesh_shape) == 3 and mesh_shape.count(-1) <= 1
+            and all(rules.is_int(n) and (n >= 1 or n == -1) for n in mesh_shape), "mesh.shape",
             f"must be (data, fsdp, tensor): integers >= 1, at most one -1, got {c.mesh.shape!r}")
     dense_kernel = DenseKernel.parse(c.dense_kernel)
     if mesh_shape != (1, 1, 1):

@@ -77,13 +77,14 @@ def pack_weight(kernel_IxO) -> jax.Array:
   return jnp.asarray(kernel.reshape(fan_in, -1, TILE).transpose(1, 0, 2))
 
 
-def matmul(x_NxI, packed_OxIx16, out_features: int) -> jax.Array:
-  """`x @ kernel` for float32 rows through the kernel: `[rows, out_features]`."""
+def matmul(x_SxI, packed_OxIx16, out_features: int) -> jax.Array:
+  """`x @ kernel` for float32 rows (S: a forward's tokens, batch rows flattened) through the
+  kernel: `[S, out_features]`."""
   library.load()  # built and registered once, before the first trace that calls it
-  rows = x_NxI.shape[0]
+  rows = x_SxI.shape[0]
   y = jax.ffi.ffi_call(library.TARGET, jax.ShapeDtypeStruct(
       (rows, packed_OxIx16.shape[0] * TILE), jnp.float32), vmap_method="sequential")(
-          x_NxI.astype(jnp.float32), packed_OxIx16)
+          x_SxI.astype(jnp.float32), packed_OxIx16)
   return y[:, :out_features] if y.shape[1] != out_features else y
 
 
