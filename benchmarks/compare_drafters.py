@@ -17,6 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.eval import cells as cells_lib  # noqa: E402
 from pard_jax.eval import report  # noqa: E402
 
@@ -43,9 +44,10 @@ def comparison(runs: list[tuple[str, pathlib.Path]]) -> str:
     config, env, cells = report.read_results(directory)
     lines.append(f"- {label}: `{directory}`, drafter `{config['drafter']}`, {env['device']}, "
                  f"{env['date']}; command `{env['command']}`")
-    ar = {c.prompt_set: c for c in cells if c.engine == cells_lib.OURS and c.method == "ar"}
+    ar = {c.prompt_set: c for c in cells
+          if c.engine == cells_lib.OURS and c.method == kinds.AR}
     for c in cells:
-      if c.engine != cells_lib.OURS or c.method == "ar":
+      if c.engine != cells_lib.OURS or c.method == kinds.AR:
         continue
       by_set.setdefault(c.prompt_set, []).append(" | ".join([
           label, c.name, str(c.num_draft_tokens), f"{c.tau:.2f}",

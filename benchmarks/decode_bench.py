@@ -122,14 +122,14 @@ def iteration_anatomy(target, drafter, prompts, ks, thresholds, max_new_tokens,
   common = dict(max_new_tokens=max_new_tokens, stop_token_ids=())
   ar = run_ours(target, None, DecodeConfig(**common), prompts)
   ar_ms_per_token = (1000 * ar["seconds"] - ar["prompts"] * target_ms["prefill"]) / ar["tokens"]
-  rows = [dict(method="ar", k=0, **ar)]
+  rows = [dict(method=kinds.AR, k=0, kind=kinds.NoDrafter(), **ar)]
   for k in ks:
     for kind, threshold in ([(kinds.AutoregressiveDrafter(), 0.0), (pard_kind, 0.0)]
                             + [(pard_kind, t) for t in thresholds]):
       run = run_ours(target, drafter, DecodeConfig(drafter_kind=kind, num_draft_tokens=k,
                                                    verify_threshold=threshold, **common),
                      prompts)
-      rows.append(dict(method=kind.method, k=k, verify_threshold=threshold, **run))
+      rows.append(dict(method=kind.method, k=k, kind=kind, verify_threshold=threshold, **run))
   for row in rows:
     k = row["k"]
     # Each prompt's prefills (the target's, and the drafter's when there is one) are not
@@ -139,8 +139,13 @@ def iteration_anatomy(target, drafter, prompts, ks, thresholds, max_new_tokens,
     widths = row["verified_drafts"]
     row["target_forward_ms"] = sum(target_ms[n + 1] * c for n, c in widths.items()) / sum(
         widths.values())
-    row["drafter_forward_ms"] = {"ar": 0.0, "sd": drafter_ms[2] + (k - 1) * drafter_ms[1],
-                                 "pard": drafter_ms.get(2 * k, 0.0)}[row["method"]]
+    kind = row.pop("kind")
+    if not kind.uses_drafter:
+      row["drafter_forward_ms"] = 0.0
+    elif kind.autoregressive:  # a catch-up of 2, then K - 1 one-token forwards
+      row["drafter_forward_ms"] = drafter_ms[2] + (k - 1) * drafter_ms[1]
+    else:  # one forward over up to K + 1 real tokens and K - 1 masks
+      row["drafter_forward_ms"] = drafter_ms.get(2 * k, 0.0)
     row["loop_ms"] = row["iteration_ms"] - row["target_forward_ms"] - row["drafter_forward_ms"]
     row["break_even_tau"] = row["iteration_ms"] / ar_ms_per_token
   return dict(target_forward_ms=target_ms, drafter_forward_ms=drafter_ms, rows=rows)
@@ -226,7 +231,7 @@ def main(argv):
   ar_allowed = ar["tokens"] / (ar["prompts"] * steps["prefill"] + ar["iterations"] * steps[1])
   sd_allowed = sd["tokens"] / (2 * sd["prompts"] * steps["prefill"]
                                + sd["iterations"] * sd_iteration)
-  results["ours"] = dict(ar=ar, sd=sd)
+  results["ours"] = {kinds.AR: ar, kinds.SD: sd}
   results["loop_efficiency"] = dict(
       ar_predicted_tokens_per_second=ar_allowed, sd_predicted_tokens_per_second=sd_allowed,
       ar_overhead=1 - ar["tokens_per_second"] / ar_allowed,
@@ -295,20 +300,20 @@ def to_markdown(r: dict) -> str:
   eff = r["loop_efficiency"]
   lines += ["", "## Loop efficiency", "",
             "| method | measured tok/s | allowed by step times | overhead |", "|---|---|---|---|",
-            f"| ar | {r['ours']['ar']['tokens_per_second']:.1f} | "
+            f"| ar | {r['ours'][kinds.AR]['tokens_per_second']:.1f} | "
             f"{eff['ar_predicted_tokens_per_second']:.1f} | {100 * eff['ar_overhead']:.1f}% |",
             f"| sd, drafter = target (tau {eff['sd_tau']:.2f}) | "
-            f"{r['ours']['sd']['tokens_per_second']:.1f} | "
+            f"{r['ours'][kinds.SD]['tokens_per_second']:.1f} | "
             f"{eff['sd_predicted_tokens_per_second']:.1f} | {100 * eff['sd_overhead']:.1f}% |"]
   if "transformers" in r:
     t, ratios = r["transformers"], r["ratios"]
     lines += ["", "## Against transformers on the same weights (same run)", "",
               "| | pard_jax tok/s | transformers tok/s | ratio |", "|---|---|---|---|",
-              f"| greedy AR (`generate`) | {r['ours']['ar']['tokens_per_second']:.1f} | "
+              f"| greedy AR (`generate`) | {r['ours'][kinds.AR]['tokens_per_second']:.1f} | "
               f"{t['generate']['tokens_per_second']:.1f} | "
               f"{ratios['ours_ar_vs_hf_generate']:.2f}x |",
               f"| sd / assisted generation (drafter = target) | "
-              f"{r['ours']['sd']['tokens_per_second']:.1f} | "
+              f"{r['ours'][kinds.SD]['tokens_per_second']:.1f} | "
               f"{t['assisted']['tokens_per_second']:.1f} | "
               f"{ratios['ours_sd_vs_hf_assisted']:.2f}x |"]
   return "\n".join(lines) + "\n"

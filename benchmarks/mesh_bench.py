@@ -2,8 +2,8 @@ r"""Decoding over a mesh of host CPU devices, against one device: bytes per devi
 per iteration, wall time, and the peak RSS of loading a checkpoint straight into its shards.
 
   python benchmarks/mesh_bench.py
-  python benchmarks/mesh_bench.py --load_only --target=asset:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
-      --meshes=1x1x1,1x1x8
+  python benchmarks/mesh_bench.py --load_only \
+      --target=asset:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --meshes=1x1x1,1x1x8
 
 Each mesh runs in its own process (`--xla_force_host_platform_device_count`), so its peak RSS
 is its own: the model is read tensor by tensor into its shards, and the figure is that process's
@@ -27,6 +27,10 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pard_jax import drafter_kinds as kinds  # noqa: E402  (no jax: device flags come first)
+
+PARD = kinds.PardDrafter.method
+
 _TARGET = flags.DEFINE_string("target", "", "HF dir, .gguf or asset:; \"\" = SmolLM2-135M")
 _DRAFTER = flags.DEFINE_string("drafter", "drafters/smollm2_135m_pard", "a PARD drafter")
 _MESHES = flags.DEFINE_list("meshes", ["1x1x1", "8x1x1", "2x1x4", "1x1x8"],
@@ -48,7 +52,8 @@ def run_one(shape: tuple[int, int, int]) -> dict:
 
   from pard_jax import checkpoints, hlo, sharding  # pylint: disable=g-import-not-at-top
   from pard_jax.checkpoints import assets  # pylint: disable=g-import-not-at-top
-  from pard_jax.decoding import DecodeConfig, SpeculativeDecoder  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 
   mesh = sharding.make_mesh(shape) if jax.device_count() > 1 else None
   path = assets.resolve_setting(_TARGET.value or assets.SMOLLM2_GGUF, "target")
@@ -71,8 +76,8 @@ def run_one(shape: tuple[int, int, int]) -> dict:
   drafter = load(drafter_path)
   rng = np.random.default_rng(0)
   prompts = [rng.integers(100, 20000, n).tolist() for n in rng.integers(8, 24, _BATCH.value)]
-  for method, model, kind in (("ar", None, None),
-                              ("pard", drafter, checkpoints.read_config(drafter_path).drafter)):
+  for method, model, kind in ((kinds.AR, None, None),
+                              (PARD, drafter, checkpoints.read_config(drafter_path).drafter)):
     cfg = DecodeConfig(max_new_tokens=_NEW.value, num_draft_tokens=4,
                        **({"drafter_kind": kind} if kind else {}))
     decoder = SpeculativeDecoder(target, model, cfg, mesh=mesh)
@@ -98,16 +103,16 @@ def to_markdown(rows: list[dict], env: dict) -> str:
            "|---|---|---|---|---|---|---|---|"]
   base = rows[0]
   for r in rows:
-    if "ar" not in r:
+    if kinds.AR not in r:
       lines.append(f"| {tuple(r['mesh'])} | {gb(r['target_bytes_per_device'])} | "
                    f"{r['load_peak_rss_gb']} | - | - | - | - | - |")
       continue
-    same = all(r[m]["output_ids"] == base[m]["output_ids"] for m in ("ar", "pard"))
+    same = all(r[m]["output_ids"] == base[m]["output_ids"] for m in (kinds.AR, PARD))
     reduces = ", ".join(str(r[m]["collectives_per_iteration"].get("all-reduce", "-"))
-                        for m in ("ar", "pard"))
+                        for m in (kinds.AR, PARD))
     lines.append(f"| {tuple(r['mesh'])} | {gb(r['target_bytes_per_device'])} | "
-                 f"{r['load_peak_rss_gb']} | {r['ar']['seconds']} | {r['pard']['seconds']} | "
-                 f"{r['pard']['tau']} | {reduces} | {same} |")
+                 f"{r['load_peak_rss_gb']} | {r[kinds.AR]['seconds']} | {r[PARD]['seconds']} | "
+                 f"{r[PARD]['tau']} | {reduces} | {same} |")
   return "\n".join(lines) + "\n"
 
 
@@ -116,7 +121,8 @@ def main(argv):
   if _ONE.value:
     print("RESULT " + json.dumps(run_one(tuple(int(n) for n in _ONE.value.split("x")))))
     return
-  from pard_jax.eval.report import device_slug, environment, write_results  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from pard_jax.eval.report import device_slug, environment, write_results
   rows = []
   for mesh in _MESHES.value:
     shape = [int(n) for n in mesh.split("x")]
@@ -130,7 +136,7 @@ def main(argv):
     if done.returncode or not line:
       sys.exit(f"mesh {mesh} failed:\n{done.stderr[-3000:]}")
     rows.append(json.loads(line[0][len("RESULT "):]))
-    print(f"mesh {mesh}: {rows[-1].get('ar', {}).get('seconds', '-')} s ar", flush=True)
+    print(f"mesh {mesh}: {rows[-1].get(kinds.AR, {}).get('seconds', '-')} s ar", flush=True)
   env = environment()
   stem = "mesh_" + ("load_" if _LOAD_ONLY.value else "") + device_slug(env["device"])
   if _TARGET.value:

@@ -181,6 +181,8 @@ KINDS: dict[str, type[DrafterKind]] = {
     kind.method: kind
     for kind in (NoDrafter, AutoregressiveDrafter, PardDrafter, ParallelSpecDrafter)}
 METHODS = tuple(KINDS)
+# The baseline and vanilla speculative decoding, named where results are labelled by method.
+AR, SD = NoDrafter.method, AutoregressiveDrafter.method
 # The kinds a training run produces (`drafter.kind` of the training config).
 TRAINED_KINDS = (PardDrafter.method, ParallelSpecDrafter.method)
 

@@ -74,6 +74,37 @@ def test_the_cycle_finder_finds_a_cycle():
   assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+METHODS = {"ar", "sd", "pard", "parallelspec"}
+# Where method names may be written: the kinds, and the config boundary that reads them.
+METHOD_NAMES_ALLOWED = {"pard_jax/drafter_kinds.py", "pard_jax/eval/spec.py",
+                        "pard_jax/train/spec.py", "pard_jax/train/defaults.py"}
+
+
+def method_literals(source: str) -> list[int]:
+  """Lines holding a method name as a string constant (docstrings aside)."""
+  tree = ast.parse(source)
+  docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                and node.body and isinstance(node.body[0], ast.Expr)}
+  return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Constant)
+          and node.value in METHODS and id(node) not in docstrings]
+
+
+def test_method_names_stop_at_the_kinds_and_the_config_boundary():
+  """What differs between methods lives on the drafter kind (`uses_drafter`, `autoregressive`,
+  `layout_masks`); elsewhere a method is named through `drafter_kinds` (`kinds.AR`, ...)."""
+  paths = sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+  found = {str(p.relative_to(ROOT)): lines for p in paths
+           if str(p.relative_to(ROOT)) not in METHOD_NAMES_ALLOWED
+           and (lines := method_literals(p.read_text()))}
+  assert not found, found
+
+
+def test_the_method_literal_check_finds_one():
+  assert method_literals('"""A docstring naming sd."""\nif m == "sd":\n  pass\n') == [2]
+  assert method_literals("x = kinds.SD\n") == []
+
+
 def test_settings_and_drafter_metadata_import_without_jax():
   code = ("import sys; sys.modules['jax'] = None; sys.modules['flax'] = None\n"
           "import pard_jax.config, pard_jax.drafter_kinds, pard_jax.errors\n"

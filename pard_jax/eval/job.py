@@ -20,6 +20,7 @@ import jax
 from absl import logging
 
 from pard_jax import checkpoints, distributed, packed_dense, prompting, rules, sharding
+from pard_jax import drafter_kinds as kinds
 from pard_jax.decoding import DecodeConfig, SpeculativeDecoder
 from pard_jax.errors import ConfigError, DataError, DecodeError
 from pard_jax.eval import cells as cells_lib
@@ -169,12 +170,12 @@ def _run(spec: EvalSpec, mesh) -> EvalResult:
                                     spec.seed, spec.cache_len,
                                     desc=f"{name} {cells_lib.display_name(method, label)} K={k}")
           cell = cells_lib.summarise(name, method, k, rows, ar, spec.greedy, drafter=label)
-          if method == "ar":
+          if method == kinds.AR:
             cell.speedup_vs_ar = 1.0
           report.add(cell, rows)
           logging.info("%s %s K=%d: tau %s, %.1f tok/s", name, cell.name, k,
                        f"{cell.tau:.2f}" if cell.tau else "-", cell.tokens_per_second)
-        if method == "ar":
+        if method == kinds.AR:
           ar = (report.cells[key], rows)
         wanted.append(key)
         cell_records = [dict(set=name, prompt=origin, method=method, num_draft_tokens=k, **row)
@@ -195,7 +196,7 @@ def _run(spec: EvalSpec, mesh) -> EvalResult:
           peer = peer or peers_lib.TransformersPeer(spec, stops)
           cell = peer.run(name, method, k, prompts)
           ours_cell = report.cells[(name, cells_lib.OURS, method, "", k)]
-          peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, "ar", "", 0), cell)
+          peer_ar = report.cells.get((name, peers_lib.TRANSFORMERS, kinds.AR, "", 0), cell)
           cell.ours_vs_peer = ours_cell.tokens_per_second / cell.tokens_per_second
           cell.speedup_vs_ar = cell.tokens_per_second / peer_ar.tokens_per_second
           report.add(cell)

@@ -16,6 +16,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from pard_jax import checkpoints
+from pard_jax import drafter_kinds as kinds
 from pard_jax.eval.cells import CellResult
 from pard_jax.errors import ConfigError
 from pard_jax.eval.spec import EvalSpec
@@ -52,7 +53,7 @@ class TransformersPeer:
     self.spec = spec
     self.target = load_transformers_model(spec.target, spec.dtype)
     self.drafter = (load_transformers_model(spec.sd_drafter, spec.dtype)
-                    if "sd" in spec.methods else None)
+                    if kinds.SD in spec.methods else None)
     self.kwargs = dict(max_new_tokens=spec.max_new_tokens, do_sample=not spec.greedy,
                        pad_token_id=stop_token_ids[0] if stop_token_ids else 0)
     if stop_token_ids:
@@ -68,14 +69,15 @@ class TransformersPeer:
     """The peer cells of a run: `ar`, and `sd` at each K when the run has `sd` (an AR drafter)."""
     if not spec.peers:
       return []
-    return [("ar", 0)] + [("sd", k) for k in spec.draft_tokens if "sd" in spec.methods]
+    return [(kinds.AR, 0)] + [(kinds.SD, k) for k in spec.draft_tokens
+                              if kinds.SD in spec.methods]
 
   def run(self, prompt_set: str, method: str, k: int, prompts: Sequence[Sequence[int]]
           ) -> CellResult:
     import torch  # pylint: disable=g-import-not-at-top
 
     kwargs = dict(self.kwargs)
-    if method == "sd":
+    if method == kinds.SD:
       config = self.drafter.generation_config
       config.num_assistant_tokens, config.num_assistant_tokens_schedule = k, "constant"
       config.assistant_confidence_threshold = 0.0  # draft exactly K, as our sd does

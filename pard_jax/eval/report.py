@@ -28,6 +28,7 @@ from pard_jax.eval import prompts as prompts_lib
 from pard_jax.eval.cells import OURS, CellResult
 from pard_jax.eval.spec import EvalSpec
 from pard_jax import files
+from pard_jax import drafter_kinds as kinds
 from pard_jax.files import write_atomically
 
 LOCK = files.LOCK  # one of spec.REPORT_FILES, which no input or output may be
@@ -237,7 +238,7 @@ class Report:
     written = []
     for prompt_set in dict.fromkeys(c.prompt_set for c in self.ordered()):
       ours = [c for c in self.ordered() if c.prompt_set == prompt_set and c.engine == OURS
-              and c.method != "ar"]
+              and c.method != kinds.AR]
       if not ours:
         continue
       fig, (speed_ax, tau_ax, depth_ax) = plt.subplots(1, 3, figsize=(15, 4))
@@ -272,7 +273,8 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
   """One line per cell: engine, method, K, tokens, τ, tok/s, speedup, identity, acceptance;
   with `sd` cells among `cells` (one prompt set), also each drafted cell's speed over `sd`'s at
   its K."""
-  sd = {(c.engine, c.num_draft_tokens): c.tokens_per_second for c in cells if c.method == "sd"}
+  sd = {(c.engine, c.num_draft_tokens): c.tokens_per_second for c in cells
+        if c.method == kinds.SD}
   header = ["engine", "method", "K", "prompts", "tokens", "tau", "tok/s", "speedup vs ar",
             "ours/peer", "identical to ar", "accepted >= i drafts (i = 1..K)"]
   if sd:
@@ -289,7 +291,7 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
     if sd:
       over = sd.get((c.engine, c.num_draft_tokens))
       row.insert(8, f"{c.tokens_per_second / over:.2f}x"
-                 if over and c.method not in ("ar", "sd") else "-")
+                 if over and c.method not in (kinds.AR, kinds.SD) else "-")
     body.append(row)
   if markdown:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
