@@ -287,3 +287,28 @@ def test_two_processes_decode_over_one_mesh_like_one(checkpoint, tmp_path):
              for i in (0, 1)]
   one = job.run(_decode_config(checkpoint))
   assert outputs[0] == outputs[1] == [r["output_ids"] for r in one.records]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf", "delta"])
+def test_each_format_reads_straight_into_its_shards(tmp_path, fmt):
+  """HF safetensors, GGUF and a delta over a GGUF load onto a mesh by `decode_rules`, each
+  tensor read into its shards, with the values of a one-device load."""
+  from tests.test_checkpoints import _write_gguf  # pylint: disable=g-import-not-at-top
+  hf = save_hf_model("smollm2", tmp_path / "hf")
+  _write_gguf(hf, tmp_path / "tiny.gguf")
+  path = {"hf": tmp_path / "hf", "gguf": tmp_path / "tiny.gguf", "delta": tmp_path / "delta"}[fmt]
+  if fmt == "delta":
+    drafter = checkpoints.load_model(tmp_path / "tiny.gguf")
+    drafter.norm.weight[...] = drafter.norm.weight[...] + 1
+    checkpoints.save_delta(drafter, path, tmp_path / "tiny.gguf")
+  mesh = mesh_of((1, 1, 2))
+  rules = sharding.decode_rules(checkpoints.read_config(path).model.num_kv_heads, mesh)
+  sharded = nnx.state(checkpoints.load_model(path, mesh=mesh, rules=rules))
+  expected = sharding.state_shardings(sharded, mesh, rules)
+  one = nnx.state(checkpoints.load_model(path))
+  for (name, leaf), want, ref in zip(jax.tree_util.tree_leaves_with_path(sharded),
+                                     jax.tree.leaves(expected), jax.tree.leaves(one)):
+    assert leaf.sharding == want, name
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(ref))
+  mlp = sharded["layers"][0]["mlp"]["up_proj"]["kernel"][...]
+  assert _device_bytes(mlp) == mlp.nbytes // 2
