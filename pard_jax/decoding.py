@@ -352,7 +352,8 @@ def _prefill(model, tokens_BxP, cache, feature_layers=(), features_BxTxC=None):
 
 def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, mesh: Mesh | None,
                 target_params, drafter_params, tokens_BxT, prompt_lengths_B, seed) -> LoopState:
-  """Prefill and generate until every row is done (jitted with `_STATIC` static)."""
+  """Prefill and generate until every row is done (`SpeculativeDecoder.lower` jits it with
+  the settings before `target_params` bound)."""
   target = nnx.merge(target_def, target_params)
   drafter = nnx.merge(drafter_def, drafter_params) if drafter_def is not None else None
   batch, max_len = tokens_BxT.shape
@@ -377,9 +378,6 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, mes
       verified_drafts_BxN=jnp.zeros((batch, cfg.max_new_tokens), jnp.int32))
   body = functools.partial(_iteration, cfg, target, drafter, prompt_lengths_B, mesh)
   return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, _constrain(state, mesh))
-
-
-_STATIC = ("cfg", "target_def", "drafter_def", "prompt_len", "mesh")
 
 
 @dataclasses.dataclass
@@ -452,15 +450,19 @@ class SpeculativeDecoder:
     self._compiled = {}
 
   def lower(self, batch: int, prompt_len: int) -> jax.stages.Lowered:
-    """The loop for `batch` prompts padded to `prompt_len`, lowered (not yet compiled)."""
+    """The loop for `batch` prompts padded to `prompt_len`, lowered (not yet compiled). Over a
+    mesh its inputs carry their shardings and its outputs are placed as the carry is."""
     max_len = prompt_len + self.cfg.max_new_tokens
-    jitted = jax.jit(decode_loop, static_argnames=_STATIC, donate_argnames="tokens_BxT")
-    return jitted.trace(
-        cfg=self.cfg, target_def=self.target_def, drafter_def=self.drafter_def,
-        prompt_len=prompt_len, mesh=self.mesh, target_params=self.target_params,
-        drafter_params=self.drafter_params,
-        tokens_BxT=self._abstract((batch, max_len)), prompt_lengths_B=self._abstract((batch,)),
-        seed=self._abstract(())).lower()
+    loop = functools.partial(decode_loop, cfg=self.cfg, target_def=self.target_def,
+                             drafter_def=self.drafter_def, prompt_len=prompt_len, mesh=self.mesh)
+    args = dict(target_params=self.target_params, drafter_params=self.drafter_params,
+                tokens_BxT=self._abstract((batch, max_len)),
+                prompt_lengths_B=self._abstract((batch,)), seed=self._abstract(()))
+    out_shardings = None
+    if self.mesh is not None:
+      out_shardings = _state_shardings(jax.eval_shape(loop, **args), self.mesh)
+    jitted = jax.jit(loop, out_shardings=out_shardings, donate_argnames="tokens_BxT")
+    return jitted.trace(**args).lower()
 
   def _abstract(self, shape) -> jax.ShapeDtypeStruct:
     """An int32 input of `shape`: rows split over the mesh's batch axes where they divide."""
