@@ -155,3 +155,14 @@ def test_compiler_warnings_are_shown(tmp_path, monkeypatch, caplog):
     library._build(str(warning))  # pylint: disable=protected-access
   assert any("unused variable x" in r.getMessage() for r in caplog.records)
   assert "-Wall" in library._FLAGS and "-w" not in library._FLAGS  # pylint: disable=protected-access
+
+
+def test_packing_in_place_gives_the_same_logits_without_a_second_copy():
+  config = TARGET.replace(tie_word_embeddings=True)
+  tokens, positions = jnp.asarray([[1, 5, 9, 2, 30]]), jnp.arange(5)[None]
+  model = perturbed(create_model(config, 0), 0.5, 1)
+  want, _ = packed_dense.pack(model)(tokens, positions)
+  packed = packed_dense.pack(model, in_place=True)
+  assert packed is model and type(model.layers[0].mlp.up_proj).__name__ == "PackedDense"
+  got, _ = packed(tokens, positions)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

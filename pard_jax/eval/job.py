@@ -144,7 +144,7 @@ def _run(spec: EvalSpec, mesh) -> EvalResult:
     rules = (sharding.decode_rules(spec.models[path].model.num_kv_heads, mesh)
              if mesh is not None else None)
     model = checkpoints.load_model(path, dtype=spec.dtype, mesh=mesh, rules=rules)
-    return packed_dense.prepare(model, spec.dense_kernel)
+    return packed_dense.prepare(model, spec.dense_kernel, in_place=True)  # no second copy
   target = load(spec.target) if todo else None
   drafters = {path: load(path) for path in {spec.drafter_for(method, label)
                                             for _, _, method, label, k in todo if k}}

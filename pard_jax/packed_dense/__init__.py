@@ -109,16 +109,18 @@ def _packed_linear(linear: nnx.Linear) -> PackedDense:
   return PackedDense(linear.kernel[...], bias)
 
 
-def pack(model: Transformer) -> Transformer:
+def pack(model: Transformer, in_place: bool = False) -> Transformer:
   """A copy of `model` with every dense layer and its head on the packed kernel (built here
-  on first use; a failed build is a ConfigError naming `dense_kernel`)."""
+  on first use; a failed build is a ConfigError naming `dense_kernel`). `in_place` packs
+  `model` itself, layer by layer, so host memory holds one unpacked layer at a time beside the
+  model instead of a second copy of it (for a caller that drops the unpacked model)."""
   resolve(DenseKernel.PACKED, model.config.dtype)
   try:
     library.load()
   except OSError as e:
     raise ConfigError(f"config.dense_kernel: the packed kernel cannot run here: {e}; use "
                       "'xla'") from None
-  packed = nnx.clone(model)
+  packed = model if in_place else nnx.clone(model)
   linears = [path for path, node in nnx.iter_graph(packed)
              if isinstance(node, nnx.Linear) and path != ("lm_head",)]
   for path in linears:
@@ -137,7 +139,8 @@ def pack(model: Transformer) -> Transformer:
   return packed
 
 
-def prepare(model: Transformer, kernel: DenseKernel) -> Transformer:
-  """`model` as decoding should run it under `kernel` (AUTO: packed where that runs)."""
+def prepare(model: Transformer, kernel: DenseKernel, in_place: bool = False) -> Transformer:
+  """`model` as decoding should run it under `kernel` (AUTO: packed where that runs); with
+  `in_place`, `model` itself is packed (`pack`)."""
   kernel = resolve(kernel, model.config.dtype)
-  return pack(model) if kernel is DenseKernel.PACKED else model
+  return pack(model, in_place) if kernel is DenseKernel.PACKED else model
