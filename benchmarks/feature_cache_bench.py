@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from pard_jax import checkpoints  # noqa: E402
-from pard_jax import data as data_lib  # noqa: E402
+from pard_jax import packing  # noqa: E402
 from pard_jax import sharding as sharding_lib  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
 from pard_jax.train import loop  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv):
   target_fn = jax.jit(functools.partial(losses.teacher_outputs,
                                         teacher_graphdef=setup.teacher_graphdef,
                                         step_cfg=setup.step_cfg))
-  iterator = data_lib.BatchIterator(rows, spec.train.batch_size, spec.data.seed)
+  iterator = packing.BatchIterator(rows, spec.train.batch_size, spec.data.seed)
   batches = [next(iterator) for _ in range(_REPEATS.value + 1)]
   rng = jax.random.key(0)
 

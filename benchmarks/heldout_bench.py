@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from benchmarks.drafter_flags import labelled_drafters  # noqa: E402
 from pard_jax import checkpoints, sharding  # noqa: E402
 from pard_jax.checkpoints import assets  # noqa: E402
-from pard_jax import data as data_lib  # noqa: E402
+from pard_jax import packing  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.eval.report import device_slug, environment, write_results  # noqa: E402
 from pard_jax.train import heldout  # noqa: E402
@@ -88,7 +88,7 @@ def main(argv):
   drafters = labelled_drafters(_DRAFTERS.value)
   target_path = checkpoints.smollm2_gguf_path()
   tokenizer = checkpoints.load_tokenizer(target_path)
-  rows = heldout.first_rows(data_lib.load_rows(_SOURCE.value, tokenizer, _LENGTH.value),
+  rows = heldout.first_rows(packing.load_rows(_SOURCE.value, tokenizer, _LENGTH.value),
                             _MAX_ROWS.value)
   target = checkpoints.load_model(target_path, dtype="float32")
   cells = []

@@ -28,6 +28,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from pard_jax import checkpoints, data, sharding  # noqa: E402
+from pard_jax import packing  # noqa: E402
 from pard_jax.train import losses
 from pard_jax.train import optimizer as optimizer_lib
 from pard_jax.train import settings as train_settings
@@ -59,7 +60,7 @@ def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
   step_cfg = train_settings.StepConfig(counts, (MASK_TOKEN,) * (len(counts) - 1))
   state, state_sharding = step_lib.create_sharded_state(params, optimizer, mesh)
   step_fn = step_lib.jit_train_step(graphdef, optimizer, step_cfg, mesh, state_sharding)
-  batches = data.BatchIterator(rows, _BATCH.value, seed=0)
+  batches = packing.BatchIterator(rows, _BATCH.value, seed=0)
   rng = jax.random.key(0)
   compiled = step_fn.lower(state, batches.batch_at(0), rng).compile()
   state, _ = compiled(state, next(batches), rng)  # warm-up step, not timed
@@ -81,7 +82,7 @@ def run_layout(name, counts, params, graphdef, rows, eval_rows, mesh, seconds):
       eval_accuracy_per_depth=accuracy)
 
 
-def evaluate(params, graphdef, eval_rows: data.PackedRows, num_draft_tokens: int) -> list[float]:
+def evaluate(params, graphdef, eval_rows: packing.PackedRows, num_draft_tokens: int) -> list[float]:
   """Per-depth accuracy over every valid query of the full layout (deterministic)."""
   full = train_settings.StepConfig(train_settings.cod_counts(_LENGTH.value, num_draft_tokens, 1.0, 1.0),
                              (MASK_TOKEN,) * (num_draft_tokens - 1))
@@ -101,9 +102,9 @@ def main(argv):
   tokenizer = checkpoints.load_tokenizer(ROOT / "data" / "tiny_tokenizer")
   docs = data.tokenize_records(data.load_records(str(ROOT / "data" / "tiny_chat.jsonl")),
                                tokenizer, assistant_only_loss=False)
-  all_rows = data.pack(docs, _LENGTH.value, seed=0, pad_id=tokenizer.pad_token_id)
+  all_rows = packing.pack(docs, _LENGTH.value, seed=0, pad_id=tokenizer.pad_token_id)
   num_eval = max(2, all_rows.num_rows // 10)
-  split = lambda sl: data.PackedRows(**{k: v[sl] for k, v in vars(all_rows).items()})
+  split = lambda sl: packing.PackedRows(**{k: v[sl] for k, v in vars(all_rows).items()})
   rows, eval_rows = split(slice(num_eval, None)), split(slice(0, num_eval))
   config = ModelConfig(vocab_size=len(tokenizer), hidden_size=_HIDDEN.value,
                        intermediate_size=3 * _HIDDEN.value, num_layers=_LAYERS.value,

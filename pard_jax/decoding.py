@@ -23,144 +23,24 @@ gathered inside the loop.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-import numbers
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pard_jax import drafter_kinds as kinds
 from pard_jax import drafting, rules, sampling, sharding
+from pard_jax.decode_config import DecodeConfig, DecodeResult, prompt_ids
 from pard_jax.errors import DecodeError
 from pard_jax.model import KVCache, Transformer, init_cache
 
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-  """Static settings of one compiled decoding loop (hashable: a jit static argument)."""
-  drafter_kind: kinds.DrafterKind = kinds.NoDrafter()  # `drafter_kinds.for_method` builds one
-  num_draft_tokens: int = 4
-  max_new_tokens: int = 64
-  temperature: float = 0.0
-  top_k: int = 0
-  top_p: float = 1.0
-  stop_token_ids: tuple[int, ...] = ()
-  # Ids [0, n) mean the same token to target and drafter, whose embedding tables may be padded
-  # to different sizes (Qwen2.5-0.5B: 151936 rows, Qwen2.5-7B: 152064). 0: sizes must match.
-  shared_vocab_size: int = 0
-  # Verify only the leading drafts whose running product of drafter confidences
-  # (`drafting.Drafts.confidence_BxK`) is at least this, with a target forward over just
-  # those (one `lax.switch` branch per width 1..K+1): cheaper iterations when acceptance is
-  # unlikely. Lossless, as the count depends on the drafts alone. 0 = always verify all K.
-  verify_threshold: float = 0.0
-
-  def __post_init__(self):
-    if not isinstance(self.drafter_kind, kinds.DrafterKind):
-      raise DecodeError(f"drafter_kind must be a drafter_kinds.DrafterKind (drafter_kinds."
-                        f"for_method(name) for one of {', '.join(kinds.METHODS)}), got "
-                        f"{self.drafter_kind!r}")
-    # Normalized to plain Python values: the config is a jit static argument, so it must hash,
-    # and a float or NaN here would silently become a shape or all-zero probabilities.
-    for field in ("num_draft_tokens", "max_new_tokens", "top_k", "shared_vocab_size"):
-      object.__setattr__(self, field, _integer(field, getattr(self, field)))
-    for field in ("temperature", "top_p", "verify_threshold"):
-      object.__setattr__(self, field, _finite(field, getattr(self, field)))
-    object.__setattr__(self, "stop_token_ids", _stop_ids(self.stop_token_ids))
-    checks = [("temperature", rules.temperature), ("top_k", rules.top_k),
-              ("top_p", rules.top_p), ("verify_threshold", rules.verify_threshold)]
-    if self.drafter_kind.uses_drafter:
-      checks.insert(0, ("num_draft_tokens", rules.num_draft_tokens))
-    for field, rule in checks:
-      problem = rule(getattr(self, field))
-      if problem:
-        raise DecodeError(f"{field} {problem}")
-    if self.max_new_tokens < 1:
-      raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if self.shared_vocab_size < 0:
-      raise DecodeError(f"shared_vocab_size must be >= 0, got {self.shared_vocab_size}")
-    # A ParallelSpec drafter may know fewer depths than K.
-    self.drafter_kind.mask_ids(self.num_draft_tokens)
-
-  @property
-  def method(self) -> str:
-    return self.drafter_kind.method
-
-  @property
-  def num_drafts(self) -> int:
-    return self.drafter_kind.num_drafts(self.num_draft_tokens)
-
-  @property
-  def greedy(self) -> bool:
-    return self.temperature == 0
-
-
-def _integer(field: str, value: Any) -> int:
-  # bool is an Integral, and 2.0 would pass every range check.
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise DecodeError(f"{field} must be an integer, got {value!r}")
-  return int(value)
-
-
-def _finite(field: str, value: Any) -> float:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-      or not math.isfinite(value)):
-    raise DecodeError(f"{field} must be a finite number, got {value!r}")
-  return float(value)
-
-
-def _stop_ids(value: Any) -> tuple[int, ...]:
-  """Any sequence of ids (a list, a numpy array) as the hashable tuple jit needs."""
-  try:
-    ids = tuple(value)
-  except TypeError:
-    raise DecodeError(f"stop_token_ids must be a sequence of token ids, got {value!r}") from None
-  return tuple(_integer(f"stop_token_ids[{i}]", t) for i, t in enumerate(ids))
-
-
-def _prompt_ids(prompts: Any, vocab_size: int) -> list[np.ndarray]:
-  """Each prompt as int32 ids; refuses what a cast would silently change (1.9 -> 1,
-  2**32 + 10 -> 10) and names the prompt."""
-  try:
-    rows = list(prompts)  # a list of sequences or a 2-D array alike
-  except TypeError:
-    raise DecodeError(f"prompts must be a sequence of prompts, each a sequence of token ids, "
-                      f"got {prompts!r:.60}") from None
-  if not rows:
-    raise DecodeError("prompts is empty: give at least one prompt")
-  checked = []
-  for index, prompt in enumerate(rows):
-    try:
-      ids_P = np.asarray(prompt)
-    except ValueError:  # ragged nesting
-      ids_P = np.asarray(prompt, dtype=object)
-    if ids_P.ndim != 1:
-      raise DecodeError(f"prompt {index} must be a 1-D sequence of token ids, got shape "
-                        f"{ids_P.shape}: {prompt!r:.60}")
-    if not ids_P.size:
-      raise DecodeError(f"prompt {index} is empty: every prompt needs at least one token")
-    if ids_P.dtype.kind not in "iu":
-      bad = next((t for t in prompt
-                  if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-      if bad is not None:
-        bad = bad.item() if isinstance(bad, np.generic) else bad
-        raise DecodeError(f"prompt {index}: token ids must be integers, got {bad!r}")
-    outside = np.flatnonzero((ids_P < 0) | (ids_P >= vocab_size))
-    if outside.size:
-      position = int(outside[0])
-      raise DecodeError(f"prompt {index}: token id {ids_P[position]} at position {position} is "
-                        f"outside the vocabulary; ids must lie in [0, {vocab_size})")
-    checked.append(ids_P.astype(np.int32))
-  return checked
+__all__ = ["DecodeConfig", "DecodeError", "DecodeResult", "SpeculativeDecoder", "decode_loop"]
 
 
 @flax.struct.dataclass
@@ -380,32 +260,6 @@ def decode_loop(cfg: DecodeConfig, target_def, drafter_def, prompt_len: int, mes
   return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), body, _constrain(state, mesh))
 
 
-@dataclasses.dataclass
-class DecodeResult:
-  """Per-row outputs of one `generate` call (generated ids end at and include a stop token)."""
-  output_ids: list[list[int]]
-  accept_lengths: list[list[int]]  # tokens committed in each iteration
-  # Drafts accepted in each iteration, before the cut at a stop token or max_new_tokens.
-  accepted_drafts: list[list[int]]
-  verified_drafts: list[list[int]]  # drafts verified in each iteration (K but with a threshold)
-  num_iterations: list[int]
-  num_drafted: list[int]
-  seconds: float  # wall time of the compiled run, compilation excluded
-
-  @property
-  def num_generated(self) -> int:
-    return sum(len(ids) for ids in self.output_ids)
-
-  @property
-  def mean_accept_length(self) -> float:
-    """τ: mean tokens committed per iteration over all rows."""
-    return self.num_generated / max(sum(self.num_iterations), 1)
-
-  @property
-  def tokens_per_second(self) -> float:
-    return self.num_generated / self.seconds if self.seconds else float("nan")
-
-
 class SpeculativeDecoder:
   """Compiles and runs the decoding loop for one (target, drafter, config) triple.
 
@@ -441,8 +295,8 @@ class SpeculativeDecoder:
     if problem:
       raise DecodeError(f"stop token id {problem}")
     self.cfg, self.mesh = cfg, mesh
-    self.target_def, self.target_params = _split(target, mesh)
-    self.drafter_def, self.drafter_params = (_split(drafter, mesh) if drafter is not None
+    self.target_def, self.target_params = sharding.split_onto(target, mesh)
+    self.drafter_def, self.drafter_params = (sharding.split_onto(drafter, mesh) if drafter is not None
                                              else (None, None))
     self.vocab_size = target.config.vocab_size
     self.max_positions = min(m.config.max_position_embeddings
@@ -499,7 +353,7 @@ class SpeculativeDecoder:
 
     `prompt_len` pads prompts to a fixed width so that many batches share one compilation.
     """
-    prompts = _prompt_ids(prompts, self.vocab_size)
+    prompts = prompt_ids(prompts, self.vocab_size)
     longest = max(len(p) for p in prompts)
     prompt_len = prompt_len or longest
     if longest > prompt_len:
@@ -518,7 +372,7 @@ class SpeculativeDecoder:
                 tokens_BxT=inputs[0], prompt_lengths_B=inputs[1], seed=inputs[2])
     state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    out_tokens, out_lengths, iterations, accepts, drafts, verified = _fetch(
+    out_tokens, out_lengths, iterations, accepts, drafts, verified = sharding.fetch(
         (state.tokens_BxT, state.lengths_B, state.num_iterations_B, state.accept_lengths_BxN,
          state.accepted_drafts_BxN, state.verified_drafts_BxN))
     return DecodeResult(
@@ -529,27 +383,3 @@ class SpeculativeDecoder:
         num_iterations=iterations.tolist(),
         num_drafted=(iterations * self.cfg.num_drafts).tolist(),
         seconds=seconds)
-
-
-def _split(model: Transformer, mesh: Mesh | None):
-  """`nnx.split(model)`, its parameters placed on `mesh` by `sharding.decode_rules`."""
-  graphdef, params = nnx.split(model)
-  if mesh is None:
-    return graphdef, params
-  if getattr(model, "packed_head", None) is not None:
-    raise DecodeError("the packed dense kernel runs on one CPU device; over a mesh decode with "
-                      "dense_kernel='xla' (decode.py: --config.dense_kernel=xla)")
-  kv_heads = model.config.num_kv_heads
-  if kv_heads % mesh.shape["tensor"]:
-    logging.info("%d key/value heads do not divide over tensor=%d: this model's attention "
-                 "weights and cache are replicated on every device of an axis", kv_heads,
-                 mesh.shape["tensor"])
-  shardings = sharding.state_shardings(params, mesh, sharding.decode_rules(kv_heads, mesh))
-  return graphdef, jax.device_put(params, shardings)
-
-
-def _fetch(arrays):
-  """Host copies of (possibly multi-process) global arrays."""
-  if jax.process_count() == 1:
-    return jax.device_get(arrays)
-  return tuple(np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in arrays)

@@ -13,7 +13,12 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pard_jax.errors import DecodeError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -120,3 +125,28 @@ def cache_spec(num_kv_heads: int, mesh: Mesh) -> P:
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Leading (batch) dimension split over the data-parallel axes."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def split_onto(model, mesh: Mesh | None):
+  """`nnx.split(model)` with its parameters placed on `mesh` by `decode_rules` (a no-op for
+  parameters `checkpoints.load_model` already read into those shardings)."""
+  graphdef, params = nnx.split(model)
+  if mesh is None:
+    return graphdef, params
+  if getattr(model, "packed_head", None) is not None:
+    raise DecodeError("the packed dense kernel runs on one CPU device; over a mesh decode with "
+                      "dense_kernel='xla' (decode.py: --config.dense_kernel=xla)")
+  kv_heads = model.config.num_kv_heads
+  if kv_heads % mesh.shape["tensor"]:
+    logging.info("%d key/value heads do not divide over tensor=%d: this model's attention "
+                 "weights and cache are replicated on every device of an axis", kv_heads,
+                 mesh.shape["tensor"])
+  shardings = state_shardings(params, mesh, decode_rules(kv_heads, mesh))
+  return graphdef, jax.device_put(params, shardings)
+
+
+def fetch(arrays):
+  """Host copies of (possibly multi-process) global arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(arrays)
+  return tuple(np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in arrays)

@@ -112,7 +112,7 @@ def resized_vocab(model, vocab_size):
 
 
 def packed_batch(doc_lengths_per_row, length, seed=0, vocab=50):
-  """A `[rows, length]` packed batch like data.pack builds, with random tokens."""
+  """A `[rows, length]` packed batch like packing.pack builds, with random tokens."""
   rng = np.random.default_rng(seed)
   rows = len(doc_lengths_per_row)
   tokens = rng.integers(8, vocab, (rows, length)).astype(np.int32)

@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from pard_jax import data
+from pard_jax import packing
 
 TOKENIZER_DIR = "data/tiny_tokenizer"
 
@@ -99,7 +100,7 @@ def test_load_errors(tmp_path):
 
 def test_pack_segments_positions_labels():
   docs = [(np.arange(10, 10 + n, dtype=np.int32), np.ones(n, bool)) for n in (3, 4, 9, 2)]
-  rows = data.pack(docs, length=6, seed=0, pad_id=0)
+  rows = packing.pack(docs, length=6, seed=0, pad_id=0)
   # Every token lands exactly once; the 9-token document is split into 6 + 3.
   real = rows.segment_ids > 0
   assert sorted(rows.tokens[real].tolist()) == sorted(np.concatenate([d for d, _ in docs]).tolist())
@@ -120,38 +121,38 @@ def test_pack_segments_positions_labels():
 def test_pack_respects_loss_mask():
   ids = np.arange(1, 7, dtype=np.int32)
   mask = np.array([0, 0, 0, 1, 1, 1], bool)
-  rows = data.pack([(ids, mask)], length=8, seed=0)
+  rows = packing.pack([(ids, mask)], length=8, seed=0)
   # The label at t is token t + 1, so weights follow the mask shifted by one.
   np.testing.assert_array_equal(rows.weights[0], [0, 0, 1, 1, 1, 0, 0, 0])
 
 
 def _rows(n=10, length=4):
   docs = [(np.full(length, i + 1, np.int32), np.ones(length, bool)) for i in range(n)]
-  return data.pack(docs, length=length, seed=0)
+  return packing.pack(docs, length=length, seed=0)
 
 
 def test_iterator_is_deterministic_and_resumable():
   rows = _rows()
-  first = data.BatchIterator(rows, batch_size=3, seed=7)
+  first = packing.BatchIterator(rows, batch_size=3, seed=7)
   stream = [next(first)["tokens"] for _ in range(8)]
-  resumed = data.BatchIterator(rows, batch_size=3, seed=7, position=5)
+  resumed = packing.BatchIterator(rows, batch_size=3, seed=7, position=5)
   for expected in stream[5:]:
     np.testing.assert_array_equal(next(resumed)["tokens"], expected)
-  other = data.BatchIterator(rows, batch_size=3, seed=8)
+  other = packing.BatchIterator(rows, batch_size=3, seed=8)
   assert any((next(other)["tokens"] != s).any() for s in stream)
 
 
 def test_iterator_epochs_cover_rows_and_processes_split_batches():
   rows = _rows()
-  it = data.BatchIterator(rows, batch_size=5, seed=0)
+  it = packing.BatchIterator(rows, batch_size=5, seed=0)
   epoch = np.concatenate([next(it)["tokens"][:, 0] for _ in range(2)])
   assert sorted(epoch.tolist()) == list(range(1, 11))
-  whole = data.BatchIterator(rows, batch_size=4, seed=0).batch_at(3)["tokens"]
-  parts = [data.BatchIterator(rows, batch_size=4, seed=0, process_index=i,
+  whole = packing.BatchIterator(rows, batch_size=4, seed=0).batch_at(3)["tokens"]
+  parts = [packing.BatchIterator(rows, batch_size=4, seed=0, process_index=i,
                               process_count=2).batch_at(3)["tokens"] for i in range(2)]
   np.testing.assert_array_equal(np.concatenate(parts), whole)
   with pytest.raises(data.DataError, match="not divisible"):
-    data.BatchIterator(rows, batch_size=3, seed=0, process_count=2)
+    packing.BatchIterator(rows, batch_size=3, seed=0, process_count=2)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -109,6 +109,7 @@ def test_settings_and_drafter_metadata_import_without_jax():
   code = ("import sys; sys.modules['jax'] = None; sys.modules['flax'] = None\n"
           "import pard_jax.config, pard_jax.drafter_kinds, pard_jax.errors\n"
           "import pard_jax.train.defaults, pard_jax.train.spec, pard_jax.train.settings\n"
+          "import pard_jax.rules, pard_jax.decode_config\n"
           "from configs import decode, distill, tiny, tiny_parallelspec, smollm2, smollm2_drafter\n"
           "assert tiny.get_config().drafter.num_draft_tokens == 4\n"
           "assert smollm2.get_config().model.init.startswith('package:')\n"

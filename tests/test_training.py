@@ -14,7 +14,8 @@ import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pard_jax import checkpoints, data, layout, sharding
+from pard_jax import checkpoints, layout, sharding
+from pard_jax import packing
 from pard_jax import drafter_kinds as kinds
 from pard_jax.checkpoints import assets
 from pard_jax.errors import ConfigError
@@ -100,7 +101,7 @@ def test_frozen_shared_tensors_keep_their_values_but_the_mask_row(tied):
 @pytest.mark.slow
 def test_restricted_head_loss_is_cross_entropy_over_its_vocabulary():
   batch = packed_batch([[24], [24]], 24, seed=2, vocab=96)
-  ids = data.frequent_tokens(data.PackedRows(**batch), 40, CONFIG.vocab_size)
+  ids = packing.frequent_tokens(packing.PackedRows(**batch), 40, CONFIG.vocab_size)
   counts = np.bincount(batch["tokens"][batch["segment_ids"] > 0], minlength=96)
   assert len(ids) == 40 and min(counts[list(ids)]) >= max(np.delete(counts, ids))
   model = create_model(CONFIG, seed=0)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pard_jax import data as data_lib
+from pard_jax import packing
 from pard_jax import sharding as sharding_lib
 from pard_jax.errors import DataError
 from pard_jax.train import losses
@@ -103,7 +103,7 @@ def summary(sums: dict[str, np.ndarray]) -> dict[str, float | list[float]]:
               anchors=int(sums["anchors"]))
 
 
-def _documents(rows: data_lib.PackedRows) -> set[bytes]:
+def _documents(rows: packing.PackedRows) -> set[bytes]:
   """A digest of every document (piece) of the rows."""
   digests = set()
   for tokens_L, segments_L in zip(rows.tokens, rows.segment_ids):
@@ -114,7 +114,7 @@ def _documents(rows: data_lib.PackedRows) -> set[bytes]:
   return digests
 
 
-def check_unseen(heldout_rows: data_lib.PackedRows, rows: data_lib.PackedRows) -> None:
+def check_unseen(heldout_rows: packing.PackedRows, rows: packing.PackedRows) -> None:
   """Refuses held-out rows holding a document (as packed) that the training rows hold too."""
   shared = len(_documents(heldout_rows) & _documents(rows))
   if shared:
@@ -122,11 +122,11 @@ def check_unseen(heldout_rows: data_lib.PackedRows, rows: data_lib.PackedRows) -
                     "data.source: held-out rows must be text the run does not train on")
 
 
-def first_rows(rows: data_lib.PackedRows, max_rows: int) -> data_lib.PackedRows:
+def first_rows(rows: packing.PackedRows, max_rows: int) -> packing.PackedRows:
   """The first `max_rows` rows (0: all)."""
   if not max_rows or max_rows >= rows.num_rows:
     return rows
-  return data_lib.PackedRows(**rows.take(np.arange(max_rows)))
+  return packing.PackedRows(**rows.take(np.arange(max_rows)))
 
 
 class Evaluator:
@@ -134,10 +134,10 @@ class Evaluator:
 
   The rows go in micro-batches of `micro_batch` (the train step's; the full layout holds about
   K x L slots against COD's (1 + r + r^2 + ...) x L), each process taking its share as
-  `data.BatchIterator` does; the rows padding the last batch count nothing.
+  `packing.BatchIterator` does; the rows padding the last batch count nothing.
   """
 
-  def __init__(self, rows: data_lib.PackedRows, graphdef: nnx.GraphDef,
+  def __init__(self, rows: packing.PackedRows, graphdef: nnx.GraphDef,
                step_cfg: train_settings.StepConfig, length: int, mesh: Mesh, params_sharding,
                micro_batch: int, teacher_graphdef: nnx.GraphDef | None = None,
                teacher_sharding=None):

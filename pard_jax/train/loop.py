@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from pard_jax import adapters
 from pard_jax import checkpoints
-from pard_jax import data as data_lib
+from pard_jax import packing
 from pard_jax import distributed
 from pard_jax import drafter_kinds as kinds
 from pard_jax import files
@@ -66,10 +66,10 @@ def init_model(spec: TrainSpec, mesh: Mesh) -> Transformer:
   return make_identity_layers(model, m.identity_layers)
 
 
-def load_rows(spec: TrainSpec, tokenizer, source: str = "") -> data_lib.PackedRows:
+def load_rows(spec: TrainSpec, tokenizer, source: str = "") -> packing.PackedRows:
   """The packed rows of `data.source`, or of `source` read the same way (held-out rows)."""
   d = spec.data
-  return data_lib.load_rows(source or d.source, tokenizer, d.length, split=d.split,
+  return packing.load_rows(source or d.source, tokenizer, d.length, split=d.split,
                             tfds_data_dir=d.tfds_data_dir,
                             assistant_only_loss=d.assistant_only_loss, seed=d.seed)
 
@@ -87,7 +87,7 @@ class Setup:
   teacher_params: Any = None
 
 
-def prepare(spec: TrainSpec, mesh: Mesh, rows: data_lib.PackedRows) -> Setup:
+def prepare(spec: TrainSpec, mesh: Mesh, rows: packing.PackedRows) -> Setup:
   """The drafter as it starts (`init_model`, mask rows, feature input, restricted head), its
   step settings and the teacher, loaded onto `mesh`."""
   model = init_model(spec, mesh)
@@ -102,7 +102,7 @@ def prepare(spec: TrainSpec, mesh: Mesh, rows: data_lib.PackedRows) -> Setup:
   if spec.train.trainable == "lora":
     model = adapters.add_adapters(model, spec.train.lora_rank, masks, seed=spec.model.seed)
   if spec.model.draft_vocab_size:
-    model.config = model.config.replace(draft_vocab=data_lib.frequent_tokens(
+    model.config = model.config.replace(draft_vocab=packing.frequent_tokens(
         rows, spec.model.draft_vocab_size, model.config.vocab_size))
   graphdef, params = nnx.split(model)
   step_cfg = train_settings.StepConfig(
@@ -207,7 +207,7 @@ def _train(spec: TrainSpec, workdir: pathlib.Path, mesh: Mesh) -> list[dict[str,
   teacher_graphdef = setup.teacher_graphdef
   teacher_sharding = (None if setup.teacher_params is None else
                       jax.tree.map(lambda x: x.sharding, setup.teacher_params))
-  batches = data_lib.BatchIterator(rows, run.batch_size, spec.data.seed,
+  batches = packing.BatchIterator(rows, run.batch_size, spec.data.seed,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
   if start:
