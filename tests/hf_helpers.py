@@ -46,6 +46,17 @@ def save_hf_model(arch: str, directory: pathlib.Path, seed: int = 0, **save_kwar
   return model
 
 
+def save_target_and_pard_drafter(root: pathlib.Path) -> None:
+  """A tiny SmolLM2-style HF target at `root/target` and, at `root/drafter`, a PARD drafter for
+  it (a perturbed copy declaring mask id 95): the decode.py tests' pair."""
+  from pard_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from tests.helpers import perturbed  # pylint: disable=g-import-not-at-top
+  save_hf_model("smollm2", root / "target")
+  target = checkpoints.load_model(root / "target")
+  checkpoints.save_hf(perturbed(target, 0.2, 0), root / "drafter",
+                      extra_config={"pard_token": 95, "spd_type": "pard"})
+
+
 def hf_logits(model, tokens) -> np.ndarray:
   with torch.no_grad():
     return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()

@@ -21,7 +21,7 @@ from pard_jax.eval import spec as spec_lib
 from pard_jax.errors import ConfigError, DataError
 from pard_jax.model import create_model
 from tests.helpers import ROOT, load_config, perturbed, resized_vocab
-from tests.hf_helpers import save_hf_model
+from tests.hf_helpers import save_target_and_pard_drafter
 
 NEW = 12
 
@@ -30,10 +30,7 @@ NEW = 12
 def models(tmp_path_factory):
   """A tiny target, a PARD drafter (perturbed copy with pard_token) and 5 id prompts."""
   root = tmp_path_factory.mktemp("models")
-  save_hf_model("smollm2", root / "target")
-  target = checkpoints.load_model(root / "target")
-  checkpoints.save_hf(perturbed(target, 0.2, 0), root / "drafter",
-                      extra_config={"pard_token": 95, "spd_type": "pard"})
+  save_target_and_pard_drafter(root)
   rng = np.random.default_rng(0)
   (root / "prompts.jsonl").write_text("".join(
       json.dumps({"input_ids": rng.integers(0, 90, n).tolist()}) + "\n" for n in (3, 9, 1, 5, 17)))

@@ -27,7 +27,7 @@ from pard_jax.model import create_model
 from pard_jax.train import optimizer as optimizer_lib
 from pard_jax.train import settings as train_settings
 from pard_jax.train import step as step_lib
-from tests.hf_helpers import save_hf_model
+from tests.hf_helpers import save_hf_model, save_target_and_pard_drafter
 from tests.helpers import (ROOT, chi_square_pvalue, exact_distribution, feature_drafter,
                            load_config, packed_batch, perturbed)
 
@@ -211,10 +211,7 @@ def test_the_packed_cpu_kernel_is_refused_over_a_mesh():
 def checkpoint(tmp_path_factory):
   """A tiny HF target (4 heads, 2 key/value heads, MLP width 64) and a PARD drafter."""
   root = tmp_path_factory.mktemp("mesh_models")
-  save_hf_model("smollm2", root / "target")
-  target = checkpoints.load_model(root / "target")
-  checkpoints.save_hf(perturbed(target, 0.2, 0), root / "drafter",
-                      extra_config={"pard_token": 95, "spd_type": "pard"})
+  save_target_and_pard_drafter(root)
   (root / "prompts.jsonl").write_text("".join(
       json.dumps({"input_ids": ids}) + "\n" for ids in ([5, 6, 7], [9], [11, 12], [40, 41])))
   return root

@@ -141,9 +141,9 @@ def _run(spec: EvalSpec, mesh) -> EvalResult:
   # Read back now: a damaged outputs/ fails before anything loads.
   stored_rows = {key: report.rows(key) for key in ours if report.done(key)}
   def load(path):
-    rules = (sharding.decode_rules(spec.models[path].model.num_kv_heads, mesh)
-             if mesh is not None else None)
-    model = checkpoints.load_model(path, dtype=spec.dtype, mesh=mesh, rules=rules)
+    placement = (sharding.decode_rules(spec.models[path].model.num_kv_heads, mesh)
+                 if mesh is not None else None)
+    model = checkpoints.load_model(path, dtype=spec.dtype, mesh=mesh, rules=placement)
     return packed_dense.prepare(model, spec.dense_kernel, in_place=True)  # no second copy
   target = load(spec.target) if todo else None
   drafters = {path: load(path) for path in {spec.drafter_for(method, label)
