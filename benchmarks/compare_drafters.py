@@ -17,6 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from benchmarks.drafter_flags import labelled_reports  # noqa: E402
 from pard_jax import drafter_kinds as kinds  # noqa: E402
 from pard_jax.eval import cells as cells_lib  # noqa: E402
 from pard_jax.eval import report  # noqa: E402
@@ -24,16 +25,6 @@ from pard_jax.eval import report  # noqa: E402
 _RUNS = flags.DEFINE_list("runs", None, "LABEL=REPORT_DIR entries, in table order",
                           required=True)
 _OUT = flags.DEFINE_string("out", None, "markdown file to write", required=True)
-
-
-def parse_runs(entries: list[str]) -> list[tuple[str, pathlib.Path]]:
-  runs = []
-  for entry in entries:
-    label, sep, directory = entry.partition("=")
-    if not sep or not label or not (pathlib.Path(directory) / "results.json").exists():
-      raise app.UsageError(f"--runs: {entry!r} is not LABEL=REPORT_DIR with a results.json")
-    runs.append((label, pathlib.Path(directory)))
-  return runs
 
 
 def comparison(runs: list[tuple[str, pathlib.Path]]) -> str:
@@ -66,7 +57,7 @@ def comparison(runs: list[tuple[str, pathlib.Path]]) -> str:
 def main(argv):
   del argv
   out = pathlib.Path(_OUT.value)
-  runs = parse_runs(_RUNS.value)
+  runs = labelled_reports(_RUNS.value, "--runs")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(comparison(runs))
   print(out.read_text())

@@ -1,4 +1,5 @@
-"""What the benchmarks share to name drafters: `--drafters=LABEL=PATH,...`, read and checked."""
+"""What the benchmarks share to name drafters and reports: `--drafters=LABEL=PATH,...` and
+`LABEL=REPORT_DIR,...`, read and checked."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def labelled_drafters(items: list[str], plain_ok: bool = False) -> list[tuple[st
       raise app.UsageError(f"--drafters: {path} declares no drafter kind")
     drafters.append((label, path))
   return drafters
+
+
+def labelled_reports(entries: list[str], flag: str) -> list[tuple[str, pathlib.Path]]:
+  """`(label, folder)` of each `LABEL=REPORT_DIR`: a decode.py report folder with results.json."""
+  runs = []
+  for entry in entries:
+    label, sep, directory = entry.partition("=")
+    if not sep or not label or not (pathlib.Path(directory) / "results.json").exists():
+      raise app.UsageError(f"{flag}: {entry!r} is not LABEL=REPORT_DIR with a results.json")
+    runs.append((label, pathlib.Path(directory)))
+  return runs

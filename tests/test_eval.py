@@ -97,6 +97,19 @@ def test_sweep_writes_report_and_a_rerun_skips_finished_cells(models, tmp_path, 
   assert table.count("| tiny PARD |") == 6 and "## prompts" in table
   pard4 = rerun.cell("prompts", "pard", 4)
   assert f"| tiny PARD | pard | 4 | {pard4.tau:.2f} |" in table
+  # The pair table: ms per iteration measured, drafter / verify ms matched by label and K.
+  pair = runpy.run_path(str(ROOT / "benchmarks/pair_table.py"))["pair_table"]
+  cost = dict(device="cpu", date="d", command="c", verify_ms={"4": 7.0},
+              drafters=[dict(label="pard", ms={"4": 3.0}), dict(label="sd", ms={"2": 5.0})])
+  table = pair([("greedy", directory)], cost)
+  sd4 = rerun.cell("prompts", "sd", 4)
+  assert (f"| pard_jax | pard | 4 | 5 | {pard4.num_tokens} | {pard4.tau:.2f} | "
+          f"{' '.join(f'{a:.2f}' for a in pard4.acceptance_by_depth)} | "
+          f"{1000 * pard4.seconds / pard4.num_iterations:.0f} | 3 | 7 | "
+          f"{pard4.tokens_per_second:.1f} | {pard4.speedup_vs_ar:.2f}x | "
+          f"{pard4.tokens_per_second / sd4.tokens_per_second:.2f}x | 5/5 |") in table
+  assert "| pard_jax | sd | 4 | 5 |" in table and "| 5 | 7 |" not in table  # sd at 4: no ms
+  assert table.count("### prompts") == 1 and "## greedy" in table
 
   with pytest.raises(ConfigError, match=r"other settings \(max_new_tokens: 12 there, 8"):
     job.run(_config(models, max_new_tokens=8, report_dir=str(directory)))
