@@ -1,6 +1,7 @@
 r"""PARD drafter for Qwen2.5-Coder-1.5B-Instruct, adapted from Qwen2.5-Coder-0.5B-Instruct on a
 2-core CPU: low-rank adapters plus the mask row (`train.trainable="lora"`), COD at K = 4 over
-ShareGPT conversations, float32. The exported `workdir/delta` (the adapters' factors over the
+the 0.5B's own greedy answers to 512 ShareGPT prompts (`configs/distill_qwen_coder.py`; one
+epoch is 112 steps), float32. The exported `workdir/delta` (the adapters' factors over the
 installed 0.5B GGUF) is what `configs/decode.py` decodes with.
 
   python train.py --config=configs/qwen2_5_coder.py --workdir=/tmp/pard_qwen_coder
@@ -22,7 +23,9 @@ def get_config():
   config.model.init = assets.QWEN_CODER_DRAFTER
   config.model.dtype = "float32"  # bfloat16 brings nothing on CPUs
   config.model.draft_vocab_size = 32768
-  config.data.source = "sharegpt"
+  # The drafter's own answers keep its next-token choices (which the 1.5B mostly accepts) as
+  # the depth-0 labels; `"sharegpt"` (the conversations themselves) trails on code and math.
+  config.data.source = str(DATA / "distill/qwen_coder_0_5b_sharegpt.jsonl")
   config.data.length = 256
   config.drafter.num_draft_tokens = 4
   # The first id past Qwen2.5's added tokens: a padding row of the embedding (PARD's choice).
@@ -31,7 +34,7 @@ def get_config():
   config.train.lora_rank = 32
   config.train.batch_size = 4
   config.train.grad_accum_steps = 4  # one row a forward: peak RSS
-  config.train.num_steps = 2000
+  config.train.num_steps = 112  # one epoch of the answers: the shipped drafter
   config.train.learning_rate = 2e-4
   config.train.warmup_steps = 10
   config.train.log_every = 5

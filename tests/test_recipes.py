@@ -14,7 +14,8 @@ from tests.helpers import ROOT, load_config
 # the user's own model directory and data).
 RECIPES = ["tiny.py", "tiny_parallelspec.py"] + [
     pytest.param(p.name, marks=pytest.mark.real_model)  # SmolLM2 is their target
-    for p in sorted((ROOT / "configs").glob("smollm2*.py"))]
+    for p in sorted((ROOT / "configs").glob("smollm2*.py"))] + [
+    pytest.param("qwen2_5_coder.py", marks=pytest.mark.real_model)]  # the main job's drafter
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
