@@ -7,12 +7,14 @@ iteration split into its drafter and verify forwards, greedy and sampled, the pe
       --out=benchmarks/results/qwen_coder_cpu/table/table.md
 
 Every ratio compares cells of one report (one run, one machine): the speedup over that run's
-`ar`, and a drafter's over `sd` at the same K. "ms per iteration" is measured in the loop
-(decoding seconds over iterations); drafter ms and verify ms come from
-`draft_cost_bench.py --target=` (a drafter row is matched by its label, `sd` or `pard`), the
-forwards timed alone: the drafter's catch-up and drafting, and the target's forward over all
-K + 1 tokens (with `verify_threshold` set, the loop verifies fewer when the drafter is unsure).
-What is left of the measured ms is the loop's own work and the narrower verifies' savings.
+`ar`, and a drafter's over `sd` at the same K. "ms per iteration" is measured end to end
+(decoding seconds over iterations, the prompts' prefill included); drafter ms and verify ms
+come from `draft_cost_bench.py --target=` (a drafter row is matched by its label, `sd` or
+`pard`), the forwards timed alone: the drafter's catch-up and drafting, and the target's
+forward over all K + 1 tokens (with `verify_threshold` set, the loop verifies fewer when the
+drafter is unsure).
+What is left of the measured ms is the prefill's share, the loop's own work and the narrower
+verifies' savings.
 """
 
 from __future__ import annotations
