@@ -2,7 +2,7 @@ r"""One target/drafter pair's table: `ar`, `sd` and the parallel drafter per pro
 iteration split into its drafter and verify forwards, greedy and sampled, the peers beside.
 
   python benchmarks/pair_table.py \
-      --reports="greedy=benchmarks/results/qwen_coder_cpu/table/greedy,T = 1=benchmarks/results/qwen_coder_cpu/table/t1" \
+      --reports="greedy=benchmarks/results/qwen_coder_cpu/table/greedy,temperature 1=benchmarks/results/qwen_coder_cpu/table/t1" \
       --draft_cost=benchmarks/results/qwen_coder_cpu/table/draft_cost.json \
       --out=benchmarks/results/qwen_coder_cpu/table/table.md
 
